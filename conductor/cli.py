@@ -1,0 +1,256 @@
+"""The ``conductor`` command: the node's entrypoints and a Slurm-like job client.
+
+The client talks to Redis directly, as ``rq info`` does, so it works without the HTTP API.
+Exit status 2 means bad input (configuration, job spec); 1 means the system could not do it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+from redis import Redis
+
+from . import jobs, placement, registry, render, resources, worker
+from .config import ConfigError, Settings, load_settings
+from .jobs import JobRejected, JobState, JobSubmission
+from .logs import setup as setup_logs
+from .store import UNREACHABLE, connect, redacted
+from .units import format_memory
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(click.ClickException):
+    """An error printed as ``conductor: error: ...`` with a chosen exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = status
+
+    def show(self, file: Any = None) -> None:
+        for line in self.message.splitlines():
+            click.echo(f"conductor: error: {line}", err=True)
+
+
+def with_settings(command: F) -> F:
+    """Add ``--config`` and pass the loaded :class:`Settings`, turning every failure into a clear message."""
+
+    @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
+                  help="app.properties to read (default: $CONDUCTOR_CONFIG, ./app.properties, /etc/conductor/app.properties)")
+    @wraps(command)
+    def wrapper(config: Path | None, **kwargs: Any) -> Any:
+        try:
+            settings = load_settings(config)
+        except ConfigError as error:
+            raise Failure(str(error), 2) from None
+        try:
+            return command(settings, **kwargs)
+        except JobRejected as error:
+            raise Failure(str(error), 2) from None
+        except UNREACHABLE as error:
+            raise Failure(f"cannot reach Redis at {redacted(settings.redis_url)}: {error}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _connections(settings: Settings) -> tuple[Redis, Redis]:
+    return connect(settings.redis_url), connect(settings.redis_url, decode=False)
+
+
+def _emit(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else table(data))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="conductor")
+def main() -> None:
+    """Run N concurrent batch workers per compute node, and submit and watch their jobs."""
+
+
+@main.command()
+@with_settings
+def check(settings: Settings) -> None:
+    """Validate app.properties and print the effective configuration."""
+    click.echo(f"# configuration: {settings.config_path or '(no file: defaults and environment)'}")
+    for key, value in settings.describe().items():
+        click.echo(f"{key}={value}")
+    for warning in settings.warnings():
+        click.echo(f"# warning: {warning}", err=True)
+
+
+@main.command("worker")
+@click.option("--index", type=click.IntRange(min=1), required=True, help="this instance's number, 1..WORKER_CONCURRENCY")
+@with_settings
+def worker_command(settings: Settings, index: int) -> None:
+    """Run one worker instance (what supervisord and systemd start, once per index)."""
+    setup_logs(settings.log_level, settings.log_file, f"Worker-{index}")
+    try:
+        status = worker.run(settings, index)
+    except worker.WorkerStartError as error:
+        raise Failure(str(error), error.status) from None
+    sys.exit(status)
+
+
+@main.command("render")
+@click.argument("target", type=click.Choice(sorted(render.EXPORTERS)))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
+              help="directory to write into")
+@with_settings
+def render_command(settings: Settings, target: str, out: Path) -> None:
+    """Write the supervisord or systemd files for WORKER_CONCURRENCY workers."""
+    for path, changed in render.write(render.EXPORTERS[target](settings).files(), out):
+        click.echo(f"{'wrote' if changed else 'unchanged'} {path}")
+
+
+@main.command()
+@click.argument("script", type=click.File("r"))
+@click.option("--name", "-J", default=None, help="job name (default: the script's file name)")
+@click.option("--account", "-A", default="default", show_default=True)
+@click.option("--partition", "-p", default="default", show_default=True)
+@click.option("--ntasks-per-node", type=int, default=1, show_default=True)
+@click.option("--cpus-per-task", "-c", type=int, default=1, show_default=True)
+@click.option("--mem", default="0", help="memory per node, e.g. 512M or 8G (default: not accounted)")
+@click.option("--time-limit", "-t", default=None, help="minutes, or [D-]HH:MM:SS")
+@click.option("--env", "environment", multiple=True, metavar="NAME=VALUE", help="set a variable for the job (repeatable)")
+@with_settings
+def submit(settings: Settings, script: Any, name: str | None, account: str, partition: str,
+           ntasks_per_node: int, cpus_per_task: int, mem: str, time_limit: str | None,
+           environment: tuple[str, ...]) -> None:
+    """Submit SCRIPT (a file, or - for stdin) as a batch job; prints the job id."""
+    body = {
+        "job": {
+            "name": name or (Path(script.name).name if script.name != "<stdin>" else "stdin"),
+            "account": account,
+            "partition": partition,
+            "ntasks_per_node": ntasks_per_node,
+            "cpus_per_task": cpus_per_task,
+            "memory_per_node": mem,
+            "time_limit": time_limit,
+            "environment": dict(_pair(item) for item in environment),
+        },
+        "script": script.read(),
+    }
+    try:
+        submission = JobSubmission.model_validate(body)
+    except ValidationError as error:
+        raise Failure("\n".join(_describe(e) for e in error.errors()), 2) from None
+    connection, rq_connection = _connections(settings)
+    job_id = jobs.submit(connection, submission)
+    placement.place(connection, rq_connection)
+    click.echo(job_id)
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise Failure(f"--env {item!r}: expected NAME=VALUE", 2)
+    return name, value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_settings
+def show(settings: Settings, job_id: int, as_json: bool) -> None:
+    """Show one job."""
+    job = jobs.get(connect(settings.redis_url), job_id)
+    if job is None:
+        raise Failure(f"job {job_id} does not exist")
+    _emit(job, as_json, lambda j: "\n".join(f"{k:>16}: {'' if v is None else v}" for k, v in j.items()))
+
+
+@main.command("jobs")
+@click.option("--state", type=click.Choice([s.value for s in JobState], case_sensitive=False))
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_settings
+def jobs_command(settings: Settings, state: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    found = jobs.list_jobs(connect(settings.redis_url), JobState(state.upper()) if state else None, limit)
+    _emit(found, as_json, _jobs_table)
+
+
+def _jobs_table(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["JOBID", "NAME", "ACCOUNT", "STATE", "CPUS", "MEM", "NODE", "WORKER", "EXIT", "REASON"],
+        [[j["id"], j["name"], j["account"], j["state"], j["cpus"], format_memory(j["memory"] or 0),
+          j["node"], j["worker"], j["exit_code"], j["reason"]] for j in rows],
+    )
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@with_settings
+def cancel(settings: Settings, job_id: int) -> None:
+    """Cancel a PENDING or RUNNING job (every process of a running one is stopped)."""
+    answer = jobs.cancel(connect(settings.redis_url), job_id)
+    if answer == "missing":
+        raise Failure(f"job {job_id} does not exist")
+    if answer.startswith("final:"):
+        raise Failure(f"job {job_id} has already ended ({answer.split(':', 1)[1]})")
+    click.echo(f"job {job_id}: {'cancelled' if answer == 'cancelled' else 'cancel requested'}")
+
+
+@main.command("workers")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_settings
+def workers_command(settings: Settings, as_json: bool) -> None:
+    """List live workers."""
+    _emit(registry.workers(connect(settings.redis_url)), as_json, lambda rows: _table(
+        ["NAME", "NODE", "INDEX", "PID", "HOST", "STATE", "JOB", "LAST HEARTBEAT"],
+        [[w["name"], w["node"], w["index"], w["pid"], w["host"], w["state"], w["job"], w["last_heartbeat"]]
+         for w in rows]))
+
+
+@main.command("nodes")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_settings
+def nodes_command(settings: Settings, as_json: bool) -> None:
+    """List nodes with their CPUs, memory and workers."""
+    _emit(resources.nodes(connect(settings.redis_url)), as_json, _nodes_table)
+
+
+def _nodes_table(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["NODE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY"],
+        [[n["name"], f"{n['allocated_cpus']}/{n['total_cpus']}", n["free_cpus"],
+          f"{format_memory(n['allocated_memory'])}/{format_memory(n['total_memory'])}",
+          n["workers"], n["busy_workers"]] for n in rows],
+    )
+
+
+@main.command()
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option("--interval", type=float, default=0.5, show_default=True, help="seconds between refreshes")
+@with_settings
+def watch(settings: Settings, job_ids: tuple[int, ...], interval: float) -> None:
+    """Show jobs and nodes live until the given jobs (default: all running and pending) have ended."""
+    connection = connect(settings.redis_url)
+    while True:
+        rows = [j for j in (jobs.get(connection, i) for i in job_ids) if j] if job_ids else (
+            jobs.list_jobs(connection, JobState.RUNNING) + jobs.list_jobs(connection, JobState.PENDING))
+        screen = [time.strftime("%H:%M:%S"), _jobs_table(rows), "", _nodes_table(resources.nodes(connection))]
+        click.clear() if sys.stdout.isatty() else click.echo("")
+        click.echo("\n".join(screen))
+        if all(JobState(j["state"]).final for j in rows):
+            return
+        time.sleep(interval)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)

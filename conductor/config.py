@@ -1,0 +1,304 @@
+"""Node settings: ``app.properties`` read through pydantic-settings, environment on top.
+
+Every process of a node (each worker, the API, the generator) reads the same file, so an error
+in it must be reported once, precisely (file, line, key, reason) and before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import sys
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from loguru import logger
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .units import format_memory, parse_memory
+
+ENV_CONFIG = "CONDUCTOR_CONFIG"
+DEFAULT_LOCATIONS = (Path("app.properties"), Path("/etc/conductor/app.properties"))
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator who has to fix the file."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value came from, so an error can point at it."""
+
+    path: Path | None
+    line: int | None
+
+    def describe(self, key: str) -> str:
+        if self.path is None:
+            return f"environment variable {key}"
+        return f"{self.path}:{self.line}: {key}"
+
+
+def _host_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_properties(path: Path) -> dict[str, tuple[str, int]]:
+    """``KEY=VALUE`` lines, ``#`` comments (inline after whitespace), blank lines; key -> (value, line).
+
+    A ``#`` not preceded by whitespace belongs to the value, so passwords in REDIS_URL survive.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read: {error}") from None
+    values: dict[str, tuple[str, int]] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = re.split(r"\s#", raw, maxsplit=1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+        if key in values:
+            raise ConfigError(f"{path}:{number}: {key} is already set on line {values[key][1]}")
+        values[key] = (value.strip(), number)
+    return values
+
+
+_config_path: ContextVar[Path | None] = ContextVar("conductor_config_path", default=None)
+
+
+class PropertiesSource(PydanticBaseSettingsSource):
+    """Feeds the values of the app.properties file chosen by :func:`load_settings` to pydantic."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = _config_path.get()
+        self.values = parse_properties(path) if path else {}
+        self.path = path
+        known = {name.upper() for name in settings_cls.model_fields}
+        for key, (_, line) in self.values.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+                suggestion = f"; did you mean {hint[0]}?" if hint else ""
+                raise ConfigError(f"{path}:{line}: {key}: unknown key{suggestion}")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        entry = self.values.get(field_name.upper())
+        return (entry[0] if entry else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name: self.values[name.upper()][0]
+            for name in self.settings_cls.model_fields
+            if name.upper() in self.values
+        }
+
+
+class Settings(BaseSettings):
+    """One node's configuration; field names are the app.properties keys in lower case."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
+
+    node_name: str = Field(default_factory=socket.gethostname)
+    total_cpus: int = Field(default_factory=_host_cpus, ge=1, le=65536)
+    total_memory: int = Field(default_factory=_host_memory, gt=0)
+    worker_concurrency: int = Field(default=1, ge=1, le=1024)
+    worker_burst: bool = False
+    worker_stop_timeout: int = Field(default=3600, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    heartbeat_interval: float = Field(default=5.0, gt=0, le=3600)
+    heartbeat_ttl: float = Field(default=15.0, gt=0, le=86400)
+    log_level: LogLevel = "INFO"
+    log_file: Path | None = None
+    job_root: Path = Path("/var/lib/conductor/jobs")
+    api_enabled: bool = False
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_token: SecretStr = SecretStr("")
+    install_prefix: Path = Path(sys.prefix)
+    service_user: str = "conductor"
+    allow_root_jobs: bool = False
+    _source: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, PropertiesSource(settings_cls)
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not NAME_PATTERN.fullmatch(value) or len(value) > 64:
+            raise ValueError(f"{value!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("total_memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        return parse_memory(value)
+
+    @field_validator("worker_concurrency", "total_cpus", "api_port", "worker_stop_timeout", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip()):
+            raise ValueError(f"{value!r} is not a whole number")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("service_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not USER_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid user name")
+        return value
+
+    @field_validator("job_root", "install_prefix")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r} must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_order(self) -> Settings:
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise ValueError(
+                f"HEARTBEAT_TTL ({self.heartbeat_ttl:g}) must be greater than "
+                f"HEARTBEAT_INTERVAL ({self.heartbeat_interval:g})"
+            )
+        return self
+
+    @property
+    def queue_name(self) -> str:
+        """The RQ queue this node's workers listen on."""
+        return f"conductor-{self.node_name}"
+
+    @property
+    def config_path(self) -> Path | None:
+        """The app.properties file these settings were read from, if any."""
+        return self._source
+
+    def worker_name(self, index: int) -> str:
+        """``<NODE>-<index>``: the identity of one worker instance (registry key and log prefix)."""
+        return f"{self.node_name}-{index}"
+
+    def warnings(self) -> list[str]:
+        """Legal but questionable choices, worth a line in the log."""
+        found = []
+        if self.worker_concurrency > self.total_cpus:
+            found.append(
+                f"WORKER_CONCURRENCY={self.worker_concurrency} exceeds TOTAL_CPUS={self.total_cpus}: "
+                "some workers can only ever wait"
+            )
+        return found
+
+    def describe(self) -> dict[str, str]:
+        """The effective configuration as app.properties would spell it, secrets masked."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********" if value.get_secret_value() else ""
+            elif name == "total_memory":
+                text = format_memory(value)
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            elif value is None:
+                text = ""
+            else:
+                text = str(value)
+            shown[name.upper()] = text
+        return shown
+
+
+def find_config(explicit: Path | None = None) -> Path | None:
+    """The file to read: ``--config``, else $CONDUCTOR_CONFIG, else ./app.properties, else /etc."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: configuration file not found")
+        return explicit.resolve()
+    from_env = os.environ.get(ENV_CONFIG)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"{path} (from ${ENV_CONFIG}): configuration file not found")
+        return path.resolve()
+    for candidate in DEFAULT_LOCATIONS:
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def load_settings(explicit: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the chosen file and the environment, or a :class:`ConfigError` saying why not."""
+    path = find_config(explicit)
+    token = _config_path.set(path)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, path)) from None
+    finally:
+        _config_path.reset(token)
+    settings._source = path
+    for warning in settings.warnings():
+        logger.warning(warning)
+    return settings
+
+
+def _explain(error: ValidationError, path: Path | None) -> str:
+    values = parse_properties(path) if path else {}
+    lines = []
+    for item in error.errors():
+        key = str(item["loc"][0]).upper() if item["loc"] else ""
+        reason = item["msg"].removeprefix("Value error, ")
+        if key and key in os.environ:
+            where = Origin(None, None).describe(key)
+        elif key in values:
+            where = Origin(path, values[key][1]).describe(key)
+        elif key:
+            where = f"{path or 'defaults'}: {key}"
+        else:
+            where = str(path or "configuration")
+        got = item.get("input")
+        shown = f" (got {got!r})" if key and isinstance(got, str) and repr(got) not in reason else ""
+        lines.append(f"{where}: {reason}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""Jobs: the submission model (shared by the CLI and the HTTP API), states, and the job store.
+
+A submission is validated completely before anything is written, and stored with one atomic
+script, so a rejected request leaves no trace and an accepted one is never half-stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis import Redis
+
+from . import keys, scripts
+from .units import parse_memory, parse_time_limit
+
+MAX_SCRIPT_BYTES = 1 << 20
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class JobState(StrEnum):
+    """Slurm's names for the states a job passes through."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+
+    @property
+    def final(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+
+class JobRejected(ValueError):
+    """A submission that cannot be accepted; ``field`` names the part of the request at fault."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class JobSpec(BaseModel):
+    """The seed's ``job`` object: what to run it with, as Slurm's sbatch options name it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(default="default", min_length=1, max_length=128)
+    name: str = Field(default="job", min_length=1, max_length=256)
+    partition: str = Field(default="default", min_length=1, max_length=128)
+    ntasks_per_node: int = Field(default=1, ge=1, le=4096)
+    cpus_per_task: int = Field(default=1, ge=1, le=4096)
+    memory_per_node: int = Field(default=0, description="bytes; accepts 512M, 8G, ... (powers of 1024)")
+    time_limit: float | None = Field(
+        default=None, description="seconds; accepts minutes or [D-]HH:MM:SS, as sbatch --time"
+    )
+    environment: dict[str, str] = Field(default_factory=dict, max_length=256)
+
+    @field_validator("account", "name", "partition")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not _PRINTABLE.fullmatch(value):
+            raise ValueError("must not contain control characters such as newlines")
+        return value
+
+    @field_validator("memory_per_node", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        return parse_memory(value)
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _time_limit(cls, value: Any) -> float | None:
+        return None if value is None else parse_time_limit(value)
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if "\x00" in text:
+                raise ValueError(f"value of {name} contains a NUL byte")
+        return value
+
+    @property
+    def cpus(self) -> int:
+        return self.ntasks_per_node * self.cpus_per_task
+
+
+class JobSubmission(BaseModel):
+    """The seed's request body: ``{"job": {...}, "script": "#!/bin/bash ..."}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: JobSpec
+    script: str = Field(max_length=MAX_SCRIPT_BYTES)
+
+    @field_validator("script")
+    @classmethod
+    def _script(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the script is empty")
+        if "\x00" in value:
+            raise ValueError("the script contains a NUL byte")
+        if len(value.encode()) > MAX_SCRIPT_BYTES:
+            raise ValueError(f"the script is larger than {MAX_SCRIPT_BYTES} bytes")
+        return value
+
+
+def largest_node(connection: Redis) -> tuple[int, int]:
+    """The most CPUs and the most memory any registered node offers."""
+    names = sorted(connection.smembers(keys.NODES))
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hmget(keys.node(name), "total_cpus", "total_memory")
+        totals = pipe.execute()
+    cpus = max((int(c or 0) for c, _ in totals), default=0)
+    memory = max((int(m or 0) for _, m in totals), default=0)
+    return cpus, memory
+
+
+def submit(connection: Redis, submission: JobSubmission) -> int:
+    """Store ``submission`` as a PENDING job and return its id, or raise :class:`JobRejected`."""
+    spec = submission.job
+    max_cpus, max_memory = largest_node(connection)
+    if max_cpus == 0:
+        raise JobRejected("job", "no compute node has registered yet: start a worker first")
+    if spec.cpus > max_cpus:
+        raise JobRejected(
+            "job.cpus_per_task",
+            f"the job needs {spec.cpus} CPUs (ntasks_per_node x cpus_per_task) "
+            f"but the largest node offers {max_cpus}",
+        )
+    if spec.memory_per_node > max_memory:
+        raise JobRejected(
+            "job.memory_per_node",
+            f"the job needs {spec.memory_per_node} bytes but the largest node offers {max_memory}",
+        )
+    fields = {
+        "name": spec.name,
+        "account": spec.account,
+        "partition": spec.partition,
+        "ntasks_per_node": spec.ntasks_per_node,
+        "cpus_per_task": spec.cpus_per_task,
+        "cpus": spec.cpus,
+        "memory": spec.memory_per_node,
+        "time_limit": "" if spec.time_limit is None else spec.time_limit,
+        "environment": json.dumps(spec.environment, sort_keys=True),
+        "script": submission.script,
+        "node": "",
+        "worker": "",
+        "cpu_ids": "",
+        "exit_code": "",
+        "reason": "",
+        "started_at": "",
+        "ended_at": "",
+    }
+    flat = [item for pair in fields.items() for item in pair]
+    return int(scripts.run(connection, "submit", *flat))  # type: ignore[arg-type]
+
+
+def cancel(connection: Redis, job_id: int, reason: str = "cancelled by user") -> str:
+    """Cancel a job: 'cancelled' (ended now), 'signalled' (its worker stops it), 'final:<STATE>', 'missing'."""
+    answer = scripts.run(connection, "cancel", job_id, reason)
+    return ":".join(answer)  # type: ignore[arg-type]
+
+
+VIEW_FIELDS = (
+    "id", "name", "account", "partition", "state", "cpus", "memory", "node", "worker",
+    "exit_code", "reason", "submitted_at", "started_at", "ended_at", "ntasks_per_node",
+    "cpus_per_task", "time_limit", "cpu_ids",
+)
+
+
+def get(connection: Redis, job_id: int) -> dict[str, Any] | None:
+    """The job's view (see :func:`view`), or None for an unknown id."""
+    values = connection.hmget(keys.job(job_id), VIEW_FIELDS)
+    return view(dict(zip(VIEW_FIELDS, values))) if values[0] is not None else None
+
+
+def list_jobs(
+    connection: Redis, state: JobState | None = None, limit: int = 1000, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Views of jobs, newest first, optionally only those in ``state``."""
+    index = keys.state(state) if state else keys.JOBS
+    ids = connection.zrevrange(index, offset, offset + limit - 1)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), VIEW_FIELDS)
+        rows = pipe.execute()
+    return [view(dict(zip(VIEW_FIELDS, row))) for row in rows if row[0] is not None]
+
+
+def count_by_state(connection: Redis) -> dict[str, int]:
+    """How many jobs are in each state, from the per-state indexes (no scan)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for state in JobState:
+            pipe.zcard(keys.state(state))
+        counts = pipe.execute()
+    return {state.value: count for state, count in zip(JobState, counts)}
+
+
+def view(raw: dict[str, str | None]) -> dict[str, Any]:
+    """The machine-readable form shared by ``--json`` and the API (field names are a contract)."""
+
+    def number(name: str) -> int | None:
+        value = raw.get(name)
+        return int(value) if value not in (None, "") else None
+
+    limit = raw.get("time_limit")
+    return {
+        "id": number("id"),
+        "name": raw.get("name"),
+        "account": raw.get("account"),
+        "partition": raw.get("partition"),
+        "state": raw.get("state"),
+        "cpus": number("cpus"),
+        "memory": number("memory"),
+        "node": raw.get("node") or None,
+        "worker": raw.get("worker") or None,
+        "exit_code": number("exit_code"),
+        "reason": raw.get("reason") or None,
+        "submitted_at": timestamp(raw.get("submitted_at")),
+        "started_at": timestamp(raw.get("started_at")),
+        "ended_at": timestamp(raw.get("ended_at")),
+        "ntasks_per_node": number("ntasks_per_node"),
+        "cpus_per_task": number("cpus_per_task"),
+        "time_limit": float(limit) if limit else None,
+        "cpu_ids": [int(c) for c in (raw.get("cpu_ids") or "").split(",") if c],
+    }
+
+
+def timestamp(epoch: str | None) -> str | None:
+    """Redis TIME seconds as ISO 8601 UTC with microseconds, or None."""
+    if not epoch:
+        return None
+    moment = datetime.fromtimestamp(float(epoch), tz=UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

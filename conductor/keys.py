@@ -1,0 +1,68 @@
+"""Every Redis key conductor uses, in one place.
+
+``worker:<NODE>-<index>`` is the seed's own name for a worker record and stays as it is; RQ keeps
+its ``rq:`` keys; everything else lives under ``conductor:``. The Lua scripts receive these names
+from here (as KEYS or as prefixes) so that no other spelling exists.
+"""
+
+PREFIX = "conductor:"
+
+NEXT_JOB_ID = PREFIX + "next-job-id"
+JOBS = PREFIX + "jobs"  # sorted set of every job id, score = id
+NODES = PREFIX + "nodes"  # set of node names that ever registered
+WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
+
+JOB_PREFIX = PREFIX + "job:"
+STATE_PREFIX = PREFIX + "state:"
+NODE_PREFIX = PREFIX + "node:"
+WORKER_PREFIX = "worker:"
+
+
+def job(job_id: int | str) -> str:
+    """Hash: the job's spec, state, placement and timestamps."""
+    return f"{JOB_PREFIX}{job_id}"
+
+
+def job_control(job_id: int | str) -> str:
+    """List a running job's worker blocks on: 'exit' from the job's process, 'cancel' from users."""
+    return f"{JOB_PREFIX}{job_id}:control"
+
+
+def state(name: str) -> str:
+    """Sorted set of the ids of jobs in state ``name`` (for listings and metrics without scans)."""
+    return f"{STATE_PREFIX}{name}"
+
+
+def node(name: str) -> str:
+    """Hash: the node's ledger (totals and allocations)."""
+    return f"{NODE_PREFIX}{name}"
+
+
+def node_free_cpus(name: str) -> str:
+    """Sorted set of the node's unallocated CPU ids, so allocations hand out concrete CPUs."""
+    return f"{NODE_PREFIX}{name}:free-cpus"
+
+
+def node_running(name: str) -> str:
+    """Set of the ids of jobs holding resources on the node."""
+    return f"{NODE_PREFIX}{name}:running"
+
+
+def node_workers(name: str) -> str:
+    """Set of the node's registered worker names: its worker slots."""
+    return f"{NODE_PREFIX}{name}:workers"
+
+
+def worker(name: str) -> str:
+    """Hash per live worker, expiring HEARTBEAT_TTL after the last heartbeat (seed: worker:<NODE>-<i>)."""
+    return f"{WORKER_PREFIX}{name}"
+
+
+def queue_name(node_name: str) -> str:
+    """The RQ queue a node's workers listen on (RQ stores it as ``rq:queue:<name>``)."""
+    return f"conductor-{node_name}"
+
+
+def rq_worker_name(worker_name: str) -> str:
+    """RQ's name for a worker instance (seed: ``worker-<NODE>-<index>``)."""
+    return f"worker-{worker_name}"

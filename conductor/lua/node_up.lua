@@ -1,0 +1,19 @@
+-- Declare (or re-declare) a node's totals. ARGV: node, total CPUs, total memory.
+-- The free-CPU set and the allocations are rebuilt from the node's running jobs, so the books
+-- heal themselves whenever a worker starts, and a changed TOTAL_CPUS takes effect at once.
+local name, total_cpus, total_memory = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held, cpus, memory = {}, 0, 0
+for _, id in ipairs(redis.call('SMEMBERS', running_key(name))) do
+  local j = redis.call('HMGET', job_key(id), 'cpu_ids', 'cpus', 'memory')
+  for cpu in string.gmatch(j[1] or '', '%d+') do held[tonumber(cpu)] = true end
+  cpus = cpus + tonumber(j[2] or 0)
+  memory = memory + tonumber(j[3] or 0)
+end
+redis.call('DEL', free_cpus_key(name))
+for cpu = 0, total_cpus - 1 do
+  if not held[cpu] then redis.call('ZADD', free_cpus_key(name), cpu, cpu) end
+end
+redis.call('HSET', node_key(name), 'name', name, 'total_cpus', total_cpus, 'total_memory', total_memory,
+  'allocated_cpus', cpus, 'allocated_memory', memory)
+redis.call('SADD', NODES, name)
+return 1

@@ -1,0 +1,49 @@
+-- Shared by every conductor script; the key prefixes above come from conductor/keys.py.
+
+local function now()
+  local t = redis.call('TIME')
+  return string.format('%d.%06d', t[1], t[2])
+end
+
+local function job_key(id) return JOB_PREFIX .. id end
+local function control_key(id) return JOB_PREFIX .. id .. ':control' end
+local function state_key(name) return STATE_PREFIX .. name end
+local function node_key(name) return NODE_PREFIX .. name end
+local function free_cpus_key(name) return NODE_PREFIX .. name .. ':free-cpus' end
+local function running_key(name) return NODE_PREFIX .. name .. ':running' end
+local function node_workers_key(name) return NODE_PREFIX .. name .. ':workers' end
+local function worker_key(name) return WORKER_PREFIX .. name end
+
+local function move_state(id, from, to)
+  redis.call('ZREM', state_key(from), id)
+  redis.call('ZADD', state_key(to), id, id)
+  redis.call('HSET', job_key(id), 'state', to)
+end
+
+-- Give a RUNNING job's CPUs and memory back to its node; the only place resources are released.
+local function release(id)
+  local j = redis.call('HMGET', job_key(id), 'node', 'cpu_ids', 'cpus', 'memory')
+  local node = j[1]
+  if redis.call('SREM', running_key(node), id) == 0 then return end
+  local total = tonumber(redis.call('HGET', node_key(node), 'total_cpus') or 0)
+  for cpu in string.gmatch(j[2] or '', '%d+') do
+    if tonumber(cpu) < total then redis.call('ZADD', free_cpus_key(node), cpu, cpu) end
+  end
+  redis.call('HINCRBY', node_key(node), 'allocated_cpus', -tonumber(j[3]))
+  redis.call('HINCRBY', node_key(node), 'allocated_memory', -tonumber(j[4]))
+end
+
+-- Put a PENDING or RUNNING job into its final state exactly once; returns 1 if this call did it.
+local function settle(id, final, exit_code, reason)
+  local j = redis.call('HMGET', job_key(id), 'state', 'worker')
+  local current, worker = j[1], j[2]
+  if current ~= 'PENDING' and current ~= 'RUNNING' then return 0 end
+  if current == 'RUNNING' then release(id) end
+  move_state(id, current, final)
+  redis.call('HSET', job_key(id), 'exit_code', exit_code, 'reason', reason, 'ended_at', now())
+  redis.call('DEL', control_key(id))
+  if worker and worker ~= '' and redis.call('HGET', worker_key(worker), 'job') == tostring(id) then
+    redis.call('HSET', worker_key(worker), 'state', 'idle', 'job', '')
+  end
+  return 1
+end

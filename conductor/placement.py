@@ -1,0 +1,76 @@
+"""Placing PENDING jobs on nodes and handing them to the nodes' RQ queues.
+
+Placement runs whenever something may have made room (a submission, a job's end, a worker
+starting) and on every heartbeat as a safety tick. The decision and the allocation are one Lua
+script; handing the job to RQ follows. If the process dies in between, the job is RUNNING with
+its resources reserved but in no queue: :func:`requeue_stalled` on the node's heartbeat puts it
+into the queue again. A job queued twice runs once, because a worker must claim it first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from loguru import logger
+from redis import Redis
+from rq import Queue
+
+from . import keys, scripts
+
+WINDOW = 256  # pending jobs looked at per pass: the cost per placed job does not grow with the backlog
+PERFORM = "conductor.worker.perform"
+
+
+def place(connection: Redis, rq_connection: Redis) -> list[tuple[int, str]]:
+    """Allocate what fits now and queue it on the chosen nodes; returns (job id, node) pairs."""
+    reply = scripts.run(connection, "place", WINDOW)
+    placed = [(int(job_id), node) for job_id, node in zip(reply[::2], reply[1::2])]  # type: ignore[index]
+    if placed:
+        enqueue(rq_connection, placed)
+    return placed
+
+
+def enqueue(rq_connection: Redis, placed: list[tuple[int, str]]) -> None:
+    """Put placed jobs on their nodes' RQ queues, one pipeline for all."""
+    by_node: dict[str, list[int]] = defaultdict(list)
+    for job_id, node in placed:
+        by_node[node].append(job_id)
+    with rq_connection.pipeline() as pipe:
+        for node, job_ids in by_node.items():
+            queue = Queue(keys.queue_name(node), connection=rq_connection)
+            queue.enqueue_many(
+                [
+                    Queue.prepare_data(
+                        PERFORM,
+                        args=(job_id,),
+                        job_id=f"conductor-{job_id}",
+                        timeout=-1,  # conductor enforces time limits itself, per job
+                        result_ttl=0,
+                        failure_ttl=7 * 86400,
+                        description=f"conductor job {job_id}",
+                    )
+                    for job_id in job_ids
+                ],
+                pipeline=pipe,
+            )
+        pipe.execute()
+
+
+def requeue_stalled(connection: Redis, rq_connection: Redis, node: str, older_than: float) -> list[int]:
+    """Queue again the jobs placed on ``node`` that no worker claimed within ``older_than`` seconds."""
+    running = sorted(connection.smembers(keys.node_running(node)), key=int)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in running:
+            pipe.hmget(keys.job(job_id), "worker", "started_at")
+        rows = pipe.execute()
+    cutoff = time.time() - older_than
+    stalled = [
+        int(job_id)
+        for job_id, (worker, started) in zip(running, rows)
+        if worker == "" and started and float(started) < cutoff
+    ]
+    if stalled:
+        logger.warning("jobs {} were placed on {} but never claimed; queueing them again", stalled, node)
+        enqueue(rq_connection, [(job_id, node) for job_id in stalled])
+    return stalled

@@ -1,0 +1,206 @@
+"""Worker records in Redis: registration, heartbeats, liveness and the reaping of dead workers.
+
+A worker's record ``worker:<NODE>-<i>`` expires HEARTBEAT_TTL seconds after its last heartbeat,
+so a SIGKILLed or frozen worker disappears on its own. Whoever notices a registered name whose
+record is gone (any live worker, on its heartbeat, or the restarted instance itself) reaps it:
+kills the job processes it left on this host and settles its job, exactly once, in Lua.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+from loguru import logger
+from redis import Redis
+from rq.worker import SimpleWorker
+
+from . import keys, procs, scripts
+from .config import Settings
+from .jobs import timestamp
+
+HOST = socket.gethostname()
+
+
+class WorkerConflict(RuntimeError):
+    """Another live process already holds this worker index."""
+
+
+def register(connection: Redis, settings: Settings, index: int, job: int | None = None) -> None:
+    """Write this process's record and add it to the indexes (node slots, all workers)."""
+    name = settings.worker_name(index)
+    now = f"{time.time():.6f}"
+    record = {
+        "name": name,
+        "node": settings.node_name,
+        "index": index,
+        "pid": os.getpid(),
+        "pid_start": procs.start_ticks(os.getpid()) or "",
+        "host": HOST,
+        "state": "idle" if job is None else "busy",
+        "job": "" if job is None else job,
+        "started_at": now,
+        "last_heartbeat": now,
+        "version": version("conductor"),
+    }
+    with connection.pipeline() as pipe:
+        pipe.delete(keys.worker(name))
+        pipe.hset(keys.worker(name), mapping=record)
+        pipe.pexpire(keys.worker(name), int(settings.heartbeat_ttl * 1000))
+        pipe.sadd(keys.WORKERS, name)
+        pipe.sadd(keys.node_workers(settings.node_name), name)
+        pipe.sadd(keys.NODES, settings.node_name)
+        pipe.execute()
+
+
+def unregister(connection: Redis, settings: Settings, index: int) -> None:
+    """Remove this worker's record and its slot (a clean exit leaves nothing to reap)."""
+    name = settings.worker_name(index)
+    with connection.pipeline() as pipe:
+        pipe.delete(keys.worker(name))
+        pipe.srem(keys.node_workers(settings.node_name), name)
+        pipe.srem(keys.WORKERS, name)
+        pipe.execute()
+
+
+def is_live(record: dict[str, str], ttl: float) -> bool:
+    """Whether a (not yet expired) record belongs to a process that is still there.
+
+    On this host the PID and its start time tell for sure at once; for another host only the
+    record's expiry can tell, so it counts as live until then.
+    """
+    if not record:
+        return False
+    if record.get("host") != HOST:
+        return time.time() - float(record.get("last_heartbeat") or 0) < ttl
+    ticks = record.get("pid_start")
+    return procs.is_running(int(record["pid"]), int(ticks) if ticks else None)
+
+
+def claim(connection: Redis, rq_connection: Redis, settings: Settings, index: int) -> None:
+    """Make index ``index`` of this node ours, or raise :class:`WorkerConflict`.
+
+    A previous instance that died (SIGKILL, OOM, power loss) is cleaned up here, RQ's record of
+    it included, so that a restart succeeds at the first try instead of being refused by RQ as
+    "an active worker named ... already" until RQ's own TTL runs out.
+    """
+    name = settings.worker_name(index)
+    record = connection.hgetall(keys.worker(name))
+    if record and record.get("pid") != str(os.getpid()) and is_live(record, settings.heartbeat_ttl):
+        raise WorkerConflict(
+            f"worker {name} is already running (pid {record.get('pid')} on host {record.get('host')}); "
+            "refusing to start a second instance with the same index"
+        )
+    if record:
+        logger.warning("previous instance of {} (pid {}) is gone; cleaning up after it", name, record.get("pid"))
+        connection.delete(keys.worker(name))
+    reap(connection, name, settings.node_name)
+    rq_worker = SimpleWorker.find_by_key(
+        SimpleWorker.redis_worker_namespace_prefix + keys.rq_worker_name(name), connection=rq_connection
+    )
+    if rq_worker is not None:
+        logger.info("registering the death of the stale RQ worker {}", rq_worker.name)
+        rq_worker.register_death()
+
+
+def reap(connection: Redis, name: str, node: str) -> list[int]:
+    """Settle what dead worker ``name`` left: kill its job processes on this host, end its job."""
+    running = sorted(connection.smembers(keys.node_running(node)), key=int)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in running:
+            pipe.hmget(keys.job(job_id), "worker", "pgid", "pgid_start", "host")
+        rows = pipe.execute()
+    for job_id, (worker, pgid, ticks, host) in zip(running, rows):
+        if worker == name and pgid and host == HOST:
+            if procs.kill_orphaned_group(int(pgid), int(ticks) if ticks else None):
+                logger.warning("killed the processes of job {} left behind by dead worker {}", job_id, name)
+    ended = [int(job_id) for job_id in scripts.run(connection, "reap", name, node)]  # type: ignore[union-attr]
+    for job_id in ended:
+        logger.warning("job {} ended NODE_FAIL: worker {} died while running it", job_id, name)
+    return ended
+
+
+def reap_dead(connection: Redis) -> list[int]:
+    """Reap every registered worker whose record has expired; returns the jobs that ended."""
+    names = sorted(connection.smembers(keys.WORKERS))
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(keys.worker(name))
+        alive = pipe.execute()
+    ended: list[int] = []
+    for name, exists in zip(names, alive):
+        if not exists:
+            node = name.rsplit("-", 1)[0]
+            logger.warning("worker {} missed its heartbeats; reaping it", name)
+            ended += reap(connection, name, node)
+    return ended
+
+
+def workers(connection: Redis) -> list[dict[str, Any]]:
+    """Views of the live workers (field names are a contract), sorted by node and index."""
+    names = sorted(connection.smembers(keys.WORKERS))
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.worker(name))
+        records = [record for record in pipe.execute() if record]
+    records.sort(key=lambda r: (r["node"], int(r["index"])))
+    return [
+        {
+            "name": r["name"],
+            "node": r["node"],
+            "index": int(r["index"]),
+            "pid": int(r["pid"]),
+            "host": r["host"],
+            "state": r["state"],
+            "job": int(r["job"]) if r.get("job") else None,
+            "last_heartbeat": timestamp(r["last_heartbeat"]),
+            "started_at": timestamp(r["started_at"]),
+            "version": r.get("version"),
+        }
+        for r in records
+    ]
+
+
+class Heartbeat(threading.Thread):
+    """Keeps this worker's record alive and runs the periodic duties of a node.
+
+    Each beat also reaps dead workers anywhere and calls ``tick`` (placement's safety pass), so
+    a cluster heals as long as any one worker lives.
+    """
+
+    def __init__(self, connection: Redis, settings: Settings, index: int, tick: Callable[[], None]) -> None:
+        super().__init__(name=f"heartbeat-{index}", daemon=True)
+        self.connection = connection
+        self.settings = settings
+        self.index = index
+        self.tick = tick
+        self.job: int | None = None  # the job being run, so a re-registration keeps saying so
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stopped.wait(self.settings.heartbeat_interval if failures == 0 else 1.0):
+            try:
+                self.beat()
+                failures = 0
+            except Exception as error:  # keep beating through a Redis outage; say so each time
+                failures += 1
+                logger.error("heartbeat failed ({} in a row): {}", failures, error)
+
+    def beat(self) -> None:
+        name = self.settings.worker_name(self.index)
+        ttl_ms = int(self.settings.heartbeat_ttl * 1000)
+        if not scripts.run(self.connection, "heartbeat", name, ttl_ms, f"{time.time():.6f}"):
+            logger.warning("record of {} had expired (heartbeats were late); registering again", name)
+            register(self.connection, self.settings, self.index, self.job)
+        reap_dead(self.connection)
+        self.tick()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)

@@ -1,0 +1,51 @@
+"""The per-node ledger of CPUs, memory and worker slots.
+
+Allocation and release happen only inside the Lua scripts (placement, finish, reap), so the
+ledger cannot drift under concurrency; this module declares nodes and reads the books.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import Redis
+
+from . import keys, scripts
+from .config import Settings
+
+
+def node_up(connection: Redis, settings: Settings) -> None:
+    """Declare this node's totals; allocations are recomputed from its running jobs."""
+    scripts.run(connection, "node_up", settings.node_name, settings.total_cpus, settings.total_memory)
+
+
+def nodes(connection: Redis) -> list[dict[str, Any]]:
+    """Each node's totals, allocations and live/busy workers (field names are a contract)."""
+    names = sorted(connection.smembers(keys.NODES))
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hmget(keys.node(name), "total_cpus", "total_memory", "allocated_cpus", "allocated_memory")
+            pipe.smembers(keys.node_workers(name))
+        replies = pipe.execute()
+    ledgers, members = replies[::2], replies[1::2]
+    with connection.pipeline(transaction=False) as pipe:
+        for workers in members:
+            for worker in sorted(workers):
+                pipe.hget(keys.worker(worker), "state")
+        states = iter(pipe.execute())
+    views = []
+    for name, ledger, workers in zip(names, ledgers, members):
+        total_cpus, total_memory, cpus, memory = (int(v or 0) for v in ledger)
+        worker_states = [next(states) for _ in workers]
+        views.append({
+            "name": name,
+            "total_cpus": total_cpus,
+            "allocated_cpus": cpus,
+            "free_cpus": max(total_cpus - cpus, 0),
+            "total_memory": total_memory,
+            "allocated_memory": memory,
+            "free_memory": max(total_memory - memory, 0),
+            "workers": sum(state is not None for state in worker_states),
+            "busy_workers": worker_states.count("busy"),
+        })
+    return views

@@ -1,0 +1,213 @@
+"""Running one job's script: job directory, environment, CPU binding, process group, end state.
+
+The script runs under bash in a session of its own, so a cancel, a time limit or the end of the
+job reaches every process it started (Slurm kills a job's leftovers at its end too). The worker
+waits on one Redis list per job: the job's own exit and a user's cancel both arrive there at
+once, without polling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+from redis import Redis
+
+from . import keys, procs
+from .jobs import JobState
+from .registry import HOST
+from .store import UNREACHABLE
+from .units import format_memory
+
+KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL on cancel or time limit (Slurm: KillWait)
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: JobState
+    exit_code: int | None
+    reason: str
+
+
+def job_dir(job_root: Path, job_id: int | str) -> Path:
+    """Where job ``job_id`` keeps its script and output: named by id only, never by user input."""
+    return job_root / str(int(job_id))
+
+
+def output_file(job_root: Path, job_id: int | str) -> Path:
+    """The job's combined stdout and stderr, named as Slurm names it."""
+    return job_dir(job_root, job_id) / f"slurm-{int(job_id)}.out"
+
+
+class Runner:
+    """Runs jobs for one worker; knows whether this host can honour CPU ids."""
+
+    def __init__(self, connection: Redis, job_root: Path, node: str, worker: str) -> None:
+        self.connection = connection
+        self.job_root = job_root
+        self.node = node
+        self.worker = worker
+        self.usable_cpus = os.sched_getaffinity(0)
+        self.warned_unbound = False
+
+    def run(self, job: dict[str, str]) -> Outcome:
+        """Run ``job`` (its stored fields) to its end and say how it ended."""
+        job_id = int(job["id"])
+        try:
+            directory, script = self._prepare(job_id, job["script"])
+        except OSError as error:
+            return Outcome(JobState.FAILED, None, f"cannot prepare the job directory: {error}")
+        with open(output_file(self.job_root, job_id), "ab") as output, self._bound(job):
+            process = subprocess.Popen(
+                ["/bin/bash", str(script)],
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=self._environment(job, directory),
+                start_new_session=True,
+                close_fds=True,
+            )
+        try:
+            self.connection.hset(keys.job(job_id), mapping={
+                "pgid": process.pid, "pgid_start": procs.start_ticks(process.pid) or "", "host": HOST,
+            })
+            return self._wait(job_id, process, float(job["time_limit"]) if job.get("time_limit") else None)
+        finally:
+            # Whatever ended the wait (exit, cancel, timeout, a second SIGTERM), nothing of the job
+            # may outlive it: Slurm's rule, and what keeps the node's books true.
+            procs.signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def _prepare(self, job_id: int, script_text: str) -> tuple[Path, Path]:
+        directory = job_dir(self.job_root, job_id)
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        script = directory / "script.sh"
+        partial = directory / ".script.sh.partial"
+        partial.write_text(script_text)
+        partial.chmod(0o700)
+        partial.replace(script)
+        return directory, script
+
+    @contextmanager
+    def _bound(self, job: dict[str, str]) -> Iterator[None]:
+        """Bind the spawning thread to the job's CPUs, so the child inherits them from its first instruction."""
+        cpus = {int(c) for c in job.get("cpu_ids", "").split(",") if c}
+        if not cpus or not cpus <= self.usable_cpus:
+            if cpus and not self.warned_unbound:
+                logger.warning(
+                    "CPU ids {} are not all usable on this host (usable: {}): TOTAL_CPUS exceeds the "
+                    "host's CPUs, so jobs run without CPU binding", sorted(cpus), sorted(self.usable_cpus)
+                )
+                self.warned_unbound = True
+            yield
+            return
+        os.sched_setaffinity(0, cpus)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, self.usable_cpus)
+
+    def _environment(self, job: dict[str, str], directory: Path) -> dict[str, str]:
+        """A clean environment: nothing of the worker's (REDIS_URL, API_TOKEN) leaks into jobs."""
+        account = pwd.getpwuid(os.getuid())
+        env = {
+            "PATH": SAFE_PATH,
+            "HOME": account.pw_dir,
+            "USER": account.pw_name,
+            "LOGNAME": account.pw_name,
+            "SHELL": "/bin/bash",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        env.update(json.loads(job.get("environment") or "{}"))
+        job_id, cpus = job["id"], job["cpus"]
+        memory_mib = str(int(job["memory"]) // (1 << 20))
+        env.update({
+            "CONDUCTOR_JOB_ID": job_id,
+            "CONDUCTOR_JOB_NAME": job["name"],
+            "CONDUCTOR_NODE": self.node,
+            "CONDUCTOR_WORKER": self.worker,
+            "CONDUCTOR_CPUS": cpus,
+            "CONDUCTOR_CPU_IDS": job.get("cpu_ids", ""),
+            "CONDUCTOR_MEMORY": format_memory(int(job["memory"])),
+            "CONDUCTOR_JOB_DIR": str(directory),
+            "SLURM_JOB_ID": job_id,
+            "SLURM_JOBID": job_id,
+            "SLURM_JOB_NAME": job["name"],
+            "SLURM_JOB_ACCOUNT": job["account"],
+            "SLURM_JOB_PARTITION": job["partition"],
+            "SLURM_NTASKS": job["ntasks_per_node"],
+            "SLURM_NTASKS_PER_NODE": job["ntasks_per_node"],
+            "SLURM_CPUS_PER_TASK": job["cpus_per_task"],
+            "SLURM_CPUS_ON_NODE": cpus,
+            "SLURM_JOB_CPUS_PER_NODE": cpus,
+            "SLURM_MEM_PER_NODE": memory_mib,
+            "SLURM_JOB_NUM_NODES": "1",
+            "SLURM_NNODES": "1",
+            "SLURM_JOB_NODELIST": self.node,
+            "SLURMD_NODENAME": self.node,
+            "SLURM_SUBMIT_DIR": str(directory),
+        })
+        return env
+
+    def _wait(self, job_id: int, process: subprocess.Popen[bytes], time_limit: float | None) -> Outcome:
+        control = keys.job_control(job_id)
+        threading.Thread(target=self._announce_exit, args=(process, control), daemon=True).start()
+        deadline = None if time_limit is None else time.monotonic() + time_limit
+        while True:
+            if process.poll() is not None:
+                return _exited(process.returncode)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self._stop(process)
+                return Outcome(JobState.TIMEOUT, None, f"time limit of {time_limit:g} s reached")
+            wait = 5.0 if remaining is None else min(remaining, 5.0)
+            try:
+                message = self.connection.blpop([control], timeout=wait)
+            except UNREACHABLE as error:
+                logger.error("job {}: Redis unreachable while waiting ({}); watching the process locally", job_id, error)
+                _wait_quietly(process, min(wait, 1.0))
+                continue
+            if message and message[1] == "cancel":
+                self._stop(process)
+                reason = self.connection.hget(keys.job(job_id), "cancel_reason") or "cancelled"
+                return Outcome(JobState.CANCELLED, None, reason)
+
+    def _announce_exit(self, process: subprocess.Popen[bytes], control: str) -> None:
+        process.wait()
+        try:
+            self.connection.rpush(control, "exit")
+            self.connection.expire(control, 60)  # if the job was settled first
+        except UNREACHABLE as error:  # the waiting loop notices the exit by itself within a second
+            logger.debug("could not announce the end of {}: {}", control, error)
+
+    def _stop(self, process: subprocess.Popen[bytes]) -> None:
+        procs.signal_group(process.pid, signal.SIGTERM)
+        _wait_quietly(process, KILL_GRACE)
+
+
+def _wait_quietly(process: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _exited(returncode: int) -> Outcome:
+    if returncode == 0:
+        return Outcome(JobState.COMPLETED, 0, "")
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return Outcome(JobState.FAILED, 128 - returncode, f"killed by {name}")
+    return Outcome(JobState.FAILED, returncode, f"exit status {returncode}")

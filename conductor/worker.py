@@ -1,0 +1,172 @@
+"""The single-worker entrypoint: ``conductor worker --index N``, one process per worker slot.
+
+supervisord or systemd starts, restarts and stops these processes; nothing here forks siblings.
+Each instance registers ``worker:<NODE>-<N>``, heartbeats on its own thread and runs an RQ
+worker loop on its node's queue. Jobs run straight from the worker process (RQ's SimpleWorker):
+a job is a bash script in its own process group, so forking a Python work-horse per job as RQ's
+default worker does would only add cost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import FrameType
+
+from loguru import logger
+from redis import Redis
+from rq.worker import SimpleWorker
+
+from . import keys, placement, registry, resources, scripts
+from .config import Settings
+from .jobs import JobState
+from .runner import Runner
+from .store import UNREACHABLE, connect, redacted
+from .units import format_memory
+
+EXIT_CONFLICT = 3
+EXIT_NO_REDIS = 4
+EXIT_ROOT = 5
+
+
+class WorkerStartError(RuntimeError):
+    """The worker cannot start; ``status`` is the process exit status that says why."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConductorRQWorker(SimpleWorker):
+    """RQ's in-process worker, with a second SIGTERM/SIGINT stopping it at once.
+
+    RQ ignores a second signal within one second of the first (meant for worker pools, which
+    forward duplicates); a single supervised process gets no duplicates, so stop on request.
+    """
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        logger.warning("second stop signal: stopping now, the current job ends NODE_FAIL")
+        raise SystemExit(1)
+
+
+@dataclass
+class Context:
+    """What the job function needs from the worker process running it."""
+
+    settings: Settings
+    index: int
+    connection: Redis
+    rq_connection: Redis
+    runner: Runner
+    heartbeat: registry.Heartbeat
+
+
+_context: Context | None = None
+
+
+def perform(job_id: int) -> None:
+    """The RQ job function: claim job ``job_id`` for this worker, run it, record its end."""
+    if _context is None:
+        raise RuntimeError("conductor jobs run only inside `conductor worker`")
+    ctx = _context
+    name = ctx.settings.worker_name(ctx.index)
+    reply = scripts.run(ctx.connection, "start", job_id, name, ctx.settings.node_name)
+    if reply[0] != "run":  # type: ignore[index]
+        logger.info("skipping job {}: {}", job_id, reply[1])  # type: ignore[index]
+        return
+    job = dict(zip(reply[1::2], reply[2::2]))  # type: ignore[index]
+    logger.info("Executing job {} ({}, {} CPUs {}, {})", job_id, job["name"], job["cpus"],
+                job["cpu_ids"] or "-", format_memory(int(job["memory"])))
+    ctx.heartbeat.job = job_id
+    try:
+        outcome = ctx.runner.run(job)
+    except BaseException as error:
+        reason = "worker stopped before the job ended" if isinstance(error, SystemExit) else f"worker error: {error!r}"
+        _finish(ctx, job_id, JobState.NODE_FAIL, None, reason)
+        raise
+    finally:
+        ctx.heartbeat.job = None
+    _finish(ctx, job_id, outcome.state, outcome.exit_code, outcome.reason)
+    placement.place(ctx.connection, ctx.rq_connection)
+
+
+def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, reason: str) -> None:
+    name = ctx.settings.worker_name(ctx.index)
+    code = "" if exit_code is None else exit_code
+    if scripts.run(ctx.connection, "finish", job_id, state.value, code, reason, name):
+        logger.info("Job {} {}{}", job_id, state.value, f" ({reason})" if reason else "")
+    else:
+        logger.warning("job {} had already been settled elsewhere (reaped or cancelled); result {} dropped",
+                       job_id, state.value)
+
+
+def banner(settings: Settings, index: int) -> None:
+    logger.info("SCNS-Conductor Worker Service: node {}, worker {} of {}, {} CPUs, {} memory, queue {}",
+                settings.node_name, index, settings.worker_concurrency, settings.total_cpus,
+                format_memory(settings.total_memory), keys.queue_name(settings.node_name))
+    for warning in settings.warnings():
+        logger.warning(warning)
+    if index > settings.worker_concurrency:
+        logger.warning("index {} is above WORKER_CONCURRENCY={}", index, settings.worker_concurrency)
+
+
+def run(settings: Settings, index: int) -> int:
+    """The seed's per-worker routine; returns the process exit status."""
+    global _context
+    banner(settings, index)
+    if os.geteuid() == 0 and not settings.allow_root_jobs:
+        raise WorkerStartError(
+            "refusing to run jobs as root: run workers as SERVICE_USER "
+            f"({settings.service_user}), or set ALLOW_ROOT_JOBS=true for development", EXIT_ROOT)
+    connection = connect(settings.redis_url)
+    rq_connection = connect(settings.redis_url, decode=False)
+    try:
+        connection.ping()
+    except UNREACHABLE as error:
+        raise WorkerStartError(f"Redis at {redacted(settings.redis_url)} does not answer: {error}",
+                               EXIT_NO_REDIS) from None
+    try:
+        registry.claim(connection, rq_connection, settings, index)
+    except registry.WorkerConflict as error:
+        raise WorkerStartError(str(error), EXIT_CONFLICT) from None
+    settings.job_root.mkdir(parents=True, exist_ok=True)
+    resources.node_up(connection, settings)
+    registry.register(connection, settings, index)
+    name = settings.worker_name(index)
+    rq_worker = ConductorRQWorker(
+        [keys.queue_name(settings.node_name)],
+        name=keys.rq_worker_name(name),
+        connection=rq_connection,
+        worker_ttl=max(int(settings.heartbeat_ttl), 15),
+    )
+    heartbeat = registry.Heartbeat(connection, settings, index, tick=lambda: _tick(settings, rq_worker))
+    _context = Context(settings, index, connection, rq_connection,
+                       Runner(connection, settings.job_root, settings.node_name, name), heartbeat)
+    heartbeat.start()
+    logger.info("worker {} registered (pid {}); RQ worker {}", name, os.getpid(), rq_worker.name)
+    try:
+        placement.place(connection, rq_connection)
+        rq_worker.work(burst=settings.worker_burst)
+    finally:
+        heartbeat.stop()
+        try:
+            registry.unregister(connection, settings, index)
+        except UNREACHABLE as error:
+            logger.error("could not unregister {} (Redis unreachable: {}); it expires by itself", name, error)
+        connection.close()
+        rq_connection.close()
+        _context = None
+        logger.info("worker {} stopped", name)
+    return 0
+
+
+def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
+    """The heartbeat's periodic duties beyond the record itself."""
+    ctx = _context
+    if ctx is None:
+        return
+    placement.requeue_stalled(ctx.connection, ctx.rq_connection, settings.node_name, 2 * settings.heartbeat_ttl)
+    placement.place(ctx.connection, ctx.rq_connection)
+    job, execution = rq_worker.get_current_job(), rq_worker.execution
+    if job is not None and execution is not None:
+        rq_worker.maintain_heartbeats(job, execution)  # keep RQ's view of a long job alive
