@@ -65,3 +65,6 @@ def setup(level: str, log_file: Path | None, identity: str) -> None:
         logger.add(AppendSink(log_file).write, level=level, format=FORMAT, colorize=False, backtrace=False)
     stdlib_level = {"TRACE": logging.DEBUG, "SUCCESS": logging.INFO}.get(level, logging.getLevelName(level))
     logging.basicConfig(handlers=[_ToLoguru()], level=stdlib_level, force=True)
+    # RQ narrates every job in three INFO lines; conductor's own lines say what matters.
+    for name in ("rq.worker", "rq.job", "rq.queue"):
+        logging.getLogger(name).setLevel(stdlib_level if stdlib_level <= logging.DEBUG else logging.WARNING)

@@ -13,14 +13,17 @@ from pathlib import Path
 
 
 def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None if gone."""
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None if gone.
+
+    A zombie counts as gone: it has exited and only waits for its parent to collect it.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def is_running(pid: int, ticks: int | None) -> bool:

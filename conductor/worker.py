@@ -10,6 +10,7 @@ default worker does would only add cost.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -91,9 +92,20 @@ def perform(job_id: int) -> None:
 
 
 def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, reason: str) -> None:
+    """Record the end of a job; through a Redis outage, keep trying: an ended job is never lost."""
     name = ctx.settings.worker_name(ctx.index)
     code = "" if exit_code is None else exit_code
-    if scripts.run(ctx.connection, "finish", job_id, state.value, code, reason, name):
+    delay = 0.1
+    while True:
+        try:
+            settled = scripts.run(ctx.connection, "finish", job_id, state.value, code, reason, name)
+            break
+        except UNREACHABLE as error:
+            logger.error("cannot record the end of job {} ({}): Redis unreachable ({}); retrying in {:.1f} s",
+                         job_id, state.value, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    if settled:
         logger.info("Job {} {}{}", job_id, state.value, f" ({reason})" if reason else "")
     else:
         logger.warning("job {} had already been settled elsewhere (reaped or cancelled); result {} dropped",

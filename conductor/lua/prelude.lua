@@ -29,8 +29,8 @@ local function release(id)
   for cpu in string.gmatch(j[2] or '', '%d+') do
     if tonumber(cpu) < total then redis.call('ZADD', free_cpus_key(node), cpu, cpu) end
   end
-  redis.call('HINCRBY', node_key(node), 'allocated_cpus', -tonumber(j[3]))
-  redis.call('HINCRBY', node_key(node), 'allocated_memory', -tonumber(j[4]))
+  redis.call('HINCRBY', node_key(node), 'allocated_cpus', 0 - tonumber(j[3]))
+  redis.call('HINCRBY', node_key(node), 'allocated_memory', 0 - tonumber(j[4]))
 end
 
 -- Put a PENDING or RUNNING job into its final state exactly once; returns 1 if this call did it.
