@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: run stop status reload test bench clean
+.PHONY: run stop status reload test bench soak wheelhouse clean
 
 $(READY): pyproject.toml deploy/bootstrap.sh
 	deploy/bootstrap.sh
@@ -24,6 +24,12 @@ reload: $(READY)  ## re-render after editing app.properties; starts/stops only a
 
 test: $(READY)  ## the whole test suite
 	$(BIN)/pytest
+
+bench: $(READY)  ## benchmarks against rq worker-pool and friends; writes docs/BENCHMARKS.md and docs/bench.png
+	$(BIN)/python -m bench
+
+wheelhouse: $(READY)  ## wheels of conductor and every dependency, for nodes without a package index
+	deploy/wheelhouse.sh wheelhouse
 
 clean: stop
 	rm -rf run supervisord.conf

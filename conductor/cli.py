@@ -99,6 +99,16 @@ def worker_command(settings: Settings, index: int) -> None:
     sys.exit(status)
 
 
+@main.command("api")
+@with_settings
+def api_command(settings: Settings) -> None:
+    """Serve the HTTP API on API_HOST:API_PORT."""
+    from .api import serve
+
+    setup_logs(settings.log_level, settings.log_file, "API")
+    serve(settings)
+
+
 @main.command("render")
 @click.argument("target", type=click.Choice(sorted(render.EXPORTERS)))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,

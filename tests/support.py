@@ -1,0 +1,274 @@
+"""Real parts for tests: redis-server, worker processes and supervisord on free ports in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis import Redis
+
+T = TypeVar("T")
+BIN = Path(sys.executable).parent
+CONDUCTOR = str(BIN / "conductor")
+IS_ROOT = os.geteuid() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A private redis-server; ``appendonly`` makes restarts keep their data, as deployments do."""
+
+    def __init__(self, directory: Path, appendonly: bool = False, extra: tuple[str, ...] = ()) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no", *self.extra],
+            stdout=open(self.directory / "redis.log", "ab"), stderr=subprocess.STDOUT,
+        )
+        wait_until(self._answers, what=f"redis-server on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return bool(Redis(port=self.port, socket_connect_timeout=0.2).ping())
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+    def client(self) -> Redis:
+        return Redis(port=self.port, decode_responses=True)
+
+
+def write_config(path: Path, **values: Any) -> Path:
+    """An app.properties with ``values`` (keys in any case)."""
+    lines = [f"{key.upper()}={str(value).lower() if isinstance(value, bool) else value}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def node_config(directory: Path, redis: RedisServer, **overrides: Any) -> Path:
+    """A node's app.properties for tests: private paths, quick heartbeats, root allowed when root."""
+    values: dict[str, Any] = {
+        "NODE_NAME": "node-a",
+        "TOTAL_CPUS": 8,
+        "TOTAL_MEMORY": "16G",
+        "WORKER_CONCURRENCY": 2,
+        "REDIS_URL": redis.url,
+        "HEARTBEAT_INTERVAL": 0.5,
+        "HEARTBEAT_TTL": 2,
+        "JOB_ROOT": directory / "jobs",
+        "SERVICE_USER": "root" if IS_ROOT else os.environ.get("USER", "nobody"),
+        "ALLOW_ROOT_JOBS": IS_ROOT,
+        "INSTALL_PREFIX": BIN.parent,
+    }
+    values.update({key.upper(): value for key, value in overrides.items()})
+    return write_config(directory / "app.properties", **values)
+
+
+def clean_env() -> dict[str, str]:
+    """The test process's environment without conductor keys that would override app.properties."""
+    from conductor.config import Settings
+
+    env = {k: v for k, v in os.environ.items() if k.upper() not in {f.upper() for f in Settings.model_fields}}
+    env.pop("CONDUCTOR_CONFIG", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def conductor(*args: str, config: Path | None = None, input: str | None = None,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real ``conductor`` command."""
+    command = [CONDUCTOR, *args] + (["--config", str(config)] if config else [])
+    result = subprocess.run(command, input=input, capture_output=True, text=True, env=clean_env(), timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+class WorkerProcess:
+    """One ``conductor worker --index N`` process."""
+
+    def __init__(self, config: Path, index: int, log: Path) -> None:
+        self.config = config
+        self.index = index
+        self.log = log
+        self.process = subprocess.Popen(
+            [CONDUCTOR, "worker", "--index", str(index), "--config", str(config)],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=clean_env(),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Node:
+    """A test node: its config, its Redis and its worker processes."""
+
+    def __init__(self, directory: Path, redis: RedisServer, **overrides: Any) -> None:
+        self.directory = directory
+        self.redis = redis
+        self.config = node_config(directory, redis, **overrides)
+        self.workers: dict[int, WorkerProcess] = {}
+        self.name = str(overrides.get("NODE_NAME", overrides.get("node_name", "node-a")))
+
+    def start_worker(self, index: int, wait: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(self.config, index, self.directory / f"worker-{index}.log")
+        self.workers[index] = worker
+        if wait:
+            client = self.redis.client()
+            wait_until(lambda: client.hget(f"worker:{self.name}-{index}", "pid") == str(worker.pid),
+                       what=f"worker {index} to register:\n{worker.output()}")
+        return worker
+
+    def start_workers(self, count: int) -> list[WorkerProcess]:
+        started = [self.start_worker(i, wait=False) for i in range(1, count + 1)]
+        client = self.redis.client()
+        for worker in started:
+            wait_until(lambda w=worker: client.hget(f"worker:{self.name}-{w.index}", "pid") == str(w.pid),
+                       what=f"worker {worker.index} to register:\n{worker.output()}")
+        return started
+
+    def submit(self, script: str, *options: str) -> int:
+        return int(conductor("submit", *options, "-", config=self.config, input=script).stdout)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        from conductor import jobs
+
+        found = jobs.get(self.redis.client(), job_id)
+        assert found is not None
+        return found
+
+    def wait_state(self, job_id: int, *states: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_until(lambda: (j := self.job(job_id))["state"] in states and j,
+                          timeout=timeout, what=f"job {job_id} to reach {states}")
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+
+class Supervisord:
+    """A private supervisord whose programs come from ``conductor render supervisord``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.conf_d = directory / "conf.d"
+        self.conf_d.mkdir(parents=True, exist_ok=True)
+        self.config = directory / "supervisord.conf"
+        self.port = free_port()
+        self.config.write_text(
+            f"[inet_http_server]\nport=127.0.0.1:{self.port}\n\n"
+            f"[supervisord]\nlogfile={directory}/supervisord.log\npidfile={directory}/supervisord.pid\n"
+            f"childlogdir={directory}\nnodaemon=true\n\n"
+            "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+            f"[supervisorctl]\nserverurl=http://127.0.0.1:{self.port}\n\n"
+            f"[include]\nfiles = {self.conf_d}/*.conf\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Supervisord:
+        self.process = subprocess.Popen([str(BIN / "supervisord"), "-c", str(self.config)], env=clean_env(),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.ctl("pid", check=False).returncode == 0, what="supervisord to answer")
+        return self
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.config), *args],
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode not in (0, 3):  # 3: some program is not RUNNING (status)
+            raise AssertionError(f"supervisorctl {args}: {result.stdout}{result.stderr}")
+        return result
+
+    def status(self) -> dict[str, tuple[str, int | None]]:
+        """program -> (state, pid)."""
+        found = {}
+        for line in self.ctl("status", check=False).stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                pid = int(parts[3].rstrip(",")) if len(parts) > 3 and parts[2] == "pid" else None
+                found[parts[0]] = (parts[1], pid)
+        return found
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def running(thing: Any) -> Iterator[Any]:
+    try:
+        yield thing
+    finally:
+        thing.stop()
+
+
+def require(command: str) -> str:
+    path = shutil.which(command)
+    if path is None:
+        raise AssertionError(f"{command} is not installed; run `make test`, which installs it")
+    return path
