@@ -45,6 +45,14 @@ class ConductorRQWorker(SimpleWorker):
     forward duplicates); a single supervised process gets no duplicates, so stop on request.
     """
 
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        job = self.get_current_job_id()
+        if job:
+            logger.info("stop requested: finishing the current job first (signal again to stop now)")
+        else:
+            logger.info("stop requested")
+        super().request_stop(signum, frame)
+
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
         logger.warning("second stop signal: stopping now, the current job ends NODE_FAIL")
         raise SystemExit(1)

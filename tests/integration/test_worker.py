@@ -1,0 +1,198 @@
+"""The single-worker entrypoint and the runner, as real processes against a real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from support import IS_ROOT, WorkerProcess, conductor, free_port, node_config, wait_until
+
+BLOCK = '#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\n'
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def allocated(node) -> tuple[int, int]:
+    ledger = node.redis.client().hmget(f"conductor:node:{node.name}", "allocated_cpus", "allocated_memory")
+    return int(ledger[0]), int(ledger[1])
+
+
+def test_job_larger_than_free_cpus_waits_then_runs(make_node, tmp_path):
+    node = make_node(TOTAL_CPUS=8, WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    big = node.submit(BLOCK.format(release=tmp_path / "go"), "--cpus-per-task", "6")
+    node.wait_state(big, "RUNNING")
+    waiting = node.submit("#!/bin/bash\ntrue\n", "--cpus-per-task", "4")
+    # A worker is free but only 2 CPUs are: the job must wait, whatever happens meanwhile.
+    assert node.job(waiting)["state"] == "PENDING"
+    assert conductor("show", str(waiting), "--json", config=node.config).stdout.count('"PENDING"') == 1
+    (tmp_path / "go").touch()
+    assert node.wait_state(big, "COMPLETED")["exit_code"] == 0
+    assert node.wait_state(waiting, "COMPLETED")["exit_code"] == 0
+    wait_until(lambda: allocated(node) == (0, 0), what="all CPUs released")
+
+
+def test_job_sees_its_environment_and_output_is_captured(make_node):
+    host_cpus = len(os.sched_getaffinity(0))
+    node = make_node(TOTAL_CPUS=host_cpus, WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    script = ("#!/bin/bash\necho job=$SLURM_JOB_ID cpus=$SLURM_CPUS_PER_TASK node=$SLURMD_NODENAME "
+              "worker=$CONDUCTOR_WORKER mine=$MINE redis=${REDIS_URL:-unset}\n"
+              "grep Cpus_allowed_list /proc/self/status\necho oops >&2\n")
+    job_id = node.submit(script, "--cpus-per-task", "1", "--env", "MINE=yes")
+    job = node.wait_state(job_id, "COMPLETED")
+    output = (node.directory / "jobs" / str(job_id) / f"slurm-{job_id}.out").read_text()
+    assert f"job={job_id} cpus=1 node=node-a worker=node-a-1 mine=yes redis=unset" in output
+    assert "oops" in output
+    assert output.split("Cpus_allowed_list:")[1].split()[0] == str(job["cpu_ids"][0])
+
+
+def test_nonzero_exit_is_failed_with_its_code(make_node):
+    node = make_node(WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    job = node.wait_state(node.submit("#!/bin/bash\nexit 7\n"), "FAILED")
+    assert job["exit_code"] == 7 and job["reason"] == "exit status 7"
+
+
+def test_time_limit_ends_job_as_timeout_with_every_process_gone(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    pids = tmp_path / "pids"
+    job_id = node.submit(f"#!/bin/bash\nsleep 300 & echo $! > {pids}\nsleep 300\n", "--time-limit", "0:01")
+    job = node.wait_state(job_id, "TIMEOUT")
+    assert "time limit" in job["reason"]
+    assert not alive(int(pids.read_text()))
+
+
+def test_cancel_running_job_stops_every_child(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    pids = tmp_path / "pids"
+    job_id = node.submit(f"#!/bin/bash\nsleep 300 & echo $! > {pids}\nsleep 300 & wait\n")
+    wait_until(pids.exists, what="the job to start its children")
+    assert "cancel requested" in conductor("cancel", str(job_id), config=node.config).stdout
+    assert node.wait_state(job_id, "CANCELLED")["reason"] == "cancelled by user"
+    assert not alive(int(pids.read_text()))
+    again = conductor("cancel", str(job_id), config=node.config, check=False)
+    assert again.returncode == 1 and "already ended (CANCELLED)" in again.stderr
+
+
+def test_leftover_background_processes_are_killed_when_the_job_ends(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    pids = tmp_path / "pids"
+    node.wait_state(node.submit(f"#!/bin/bash\nsleep 300 & echo $! > {pids}\n"), "COMPLETED")
+    assert not alive(int(pids.read_text()))
+
+
+def test_sigkilled_worker_restarts_at_first_try_and_its_job_ends_node_fail(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=1)
+    first = node.start_worker(1)
+    pids = tmp_path / "pids"
+    job_id = node.submit(f"#!/bin/bash\nsleep 300 & echo $! > {pids}\nwait\n", "--cpus-per-task", "3")
+    wait_until(pids.exists, what="the job to start")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    # Plain RQ would refuse the fixed name "worker-node-a-1" here for minutes.
+    second = node.start_worker(1)
+    job = node.wait_state(job_id, "NODE_FAIL")
+    assert "died" in job["reason"]
+    assert not alive(int(pids.read_text()))
+    assert allocated(node) == (0, 0)
+    assert second.process.poll() is None
+    assert "There exists an active worker" not in second.output()
+
+
+def test_a_live_worker_index_is_not_taken_twice(make_node):
+    node = make_node(WORKER_CONCURRENCY=1)
+    node.start_worker(1)
+    duplicate = WorkerProcess(node.config, 1, node.directory / "duplicate.log")
+    assert duplicate.wait() == 3
+    assert "already running" in duplicate.output()
+
+
+def test_worker_exits_with_a_clear_message_when_redis_does_not_answer(tmp_path, redis_server):
+    config = node_config(tmp_path, redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    worker = WorkerProcess(config, 1, tmp_path / "worker.log")
+    assert worker.wait() == 4
+    assert "does not answer" in worker.output()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a worker started by root can refuse to be root")
+def test_worker_started_as_root_refuses_jobs_unless_allowed(tmp_path, redis_server):
+    config = node_config(tmp_path, redis_server, ALLOW_ROOT_JOBS=False)
+    worker = WorkerProcess(config, 1, tmp_path / "worker.log")
+    assert worker.wait() == 5
+    assert "refusing to run jobs as root" in worker.output()
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits_cleanly(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=1)
+    worker = node.start_worker(1)
+    job_id = node.submit(BLOCK.format(release=tmp_path / "go"))
+    node.wait_state(job_id, "RUNNING")
+    wait_until(lambda: node.job(job_id)["worker"], what="the job to be claimed")
+    worker.signal(signal.SIGTERM)
+    (tmp_path / "go").touch()
+    assert worker.wait() == 0
+    assert node.job(job_id)["state"] == "COMPLETED"
+    assert not node.redis.client().exists("worker:node-a-1")
+
+
+def test_second_sigterm_stops_at_once_and_the_job_is_not_lost(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=1)
+    worker = node.start_worker(1)
+    pids = tmp_path / "pids"
+    job_id = node.submit(f"#!/bin/bash\nsleep 300 & echo $! > {pids}\nwait\n")
+    wait_until(pids.exists, what="the job to start")
+    worker.signal(signal.SIGTERM)
+    wait_until(lambda: "stop requested" in worker.output(), what="the first signal to be handled")
+    worker.signal(signal.SIGTERM)
+    worker.wait()  # without the job finishing: it would run for 300 s
+    job = node.job(job_id)
+    assert job["state"] == "NODE_FAIL" and job["reason"] == "worker stopped before the job ended"
+    assert not alive(int(pids.read_text()))
+    assert allocated(node) == (0, 0)
+
+
+def test_a_peer_reaps_a_dead_worker_and_frees_its_cpus(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    pids = tmp_path / "pids"
+    job_id = node.submit(f"#!/bin/bash\nsleep 300 & echo $! > {pids}\nwait\n", "--cpus-per-task", "4")
+    wait_until(pids.exists, what="the job to start")
+    owner = node.workers[int(node.job(job_id)["worker"].rsplit("-", 1)[1])]
+    owner.signal(signal.SIGKILL)
+    owner.wait()
+    job = node.wait_state(job_id, "NODE_FAIL")
+    assert owner.index == int(job["worker"].rsplit("-", 1)[1])
+    assert not alive(int(pids.read_text()))
+    assert allocated(node) == (0, 0)
+
+
+def test_a_frozen_worker_is_settled_once_and_registers_again(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    job_id = node.submit(BLOCK.format(release=tmp_path / "go"), "--cpus-per-task", "2")
+    wait_until(lambda: node.job(job_id)["worker"], what="the job to be claimed")
+    frozen = node.workers[int(node.job(job_id)["worker"].rsplit("-", 1)[1])]
+    frozen.signal(signal.SIGSTOP)
+    try:
+        node.wait_state(job_id, "NODE_FAIL")
+        assert allocated(node) == (0, 0)
+    finally:
+        frozen.signal(signal.SIGCONT)
+    client = node.redis.client()
+    wait_until(lambda: client.exists(f"worker:node-a-{frozen.index}"), what="the thawed worker to register again")
+    assert node.job(job_id)["state"] == "NODE_FAIL"
+    assert allocated(node) == (0, 0)
