@@ -1,0 +1,82 @@
+"""Workers under a real supervisord, configured only through `conductor render supervisord`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+from support import BIN, conductor, node_config, wait_until
+
+
+def render(config, supervisord) -> None:
+    conductor("render", "supervisord", "--out", str(supervisord.conf_d), config=config)
+
+
+def registered_pid(client, name: str) -> int | None:
+    pid = client.hget(f"worker:{name}", "pid")
+    return int(pid) if pid else None
+
+
+def all_running(supervisord, count: int) -> dict:
+    status = supervisord.status()
+    return status if all(status.get(f"conductor-worker-{i}", ("",))[0] == "RUNNING"
+                         for i in range(1, count + 1)) else {}
+
+
+def test_scaling_up_and_down_touches_only_the_changed_instances(tmp_path, redis_server, supervisord):
+    config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=2)
+    render(config, supervisord)
+    supervisord.start()
+    client = redis_server.client()
+    wait_until(lambda: all(registered_pid(client, f"node-a-{i}") for i in (1, 2)), what="two workers")
+    before = wait_until(lambda: all_running(supervisord, 2), what="both programs RUNNING")
+
+    node_config(tmp_path, redis_server, WORKER_CONCURRENCY=3)
+    render(config, supervisord)
+    supervisord.ctl("reread")
+    supervisord.ctl("update")
+    wait_until(lambda: registered_pid(client, "node-a-3"), what="worker 3 to register")
+    after = wait_until(lambda: all_running(supervisord, 3), what="three programs RUNNING")
+    assert after["conductor-worker-1"] == before["conductor-worker-1"]
+    assert after["conductor-worker-2"] == before["conductor-worker-2"]
+
+    node_config(tmp_path, redis_server, WORKER_CONCURRENCY=2)
+    render(config, supervisord)
+    supervisord.ctl("reread")
+    supervisord.ctl("update")
+    assert "conductor-worker-3" not in supervisord.status()
+    wait_until(lambda: not client.exists("worker:node-a-3"), what="worker 3 to unregister")
+    assert supervisord.status()["conductor-worker-1"] == before["conductor-worker-1"]
+
+
+def test_a_killed_worker_comes_back_by_itself(tmp_path, redis_server, supervisord):
+    config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=1)
+    render(config, supervisord)
+    supervisord.start()
+    client = redis_server.client()
+    first = wait_until(lambda: registered_pid(client, "node-a-1"), what="worker 1")
+    os.kill(first, signal.SIGKILL)
+    second = wait_until(lambda: (pid := registered_pid(client, "node-a-1")) != first and pid,
+                        what="the restarted worker to register")
+    assert wait_until(lambda: all_running(supervisord, 1))["conductor-worker-1"] == ("RUNNING", second)
+
+
+def test_stopping_a_busy_worker_lets_its_job_finish(tmp_path, redis_server, supervisord):
+    config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=1)
+    render(config, supervisord)
+    supervisord.start()
+    client = redis_server.client()
+    wait_until(lambda: registered_pid(client, "node-a-1"), what="worker 1")
+    release = tmp_path / "go"
+    job_id = int(conductor("submit", "-", config=config,
+                           input=f"#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\n").stdout)
+    wait_until(lambda: client.hget(f"conductor:job:{job_id}", "worker"), what="the job to be claimed")
+    stop = subprocess.Popen([str(BIN / "supervisorctl"), "-c", str(supervisord.config), "stop", "conductor-worker-1"],
+                            stdout=subprocess.PIPE, text=True)
+    wait_until(lambda: supervisord.status()["conductor-worker-1"][0] == "STOPPING", what="the worker to be stopping")
+    assert client.hget(f"conductor:job:{job_id}", "state") == "RUNNING"
+    release.touch()
+    stop.wait(timeout=60)
+    assert client.hget(f"conductor:job:{job_id}", "state") == "COMPLETED"
+    assert supervisord.status()["conductor-worker-1"][0] == "STOPPED"
