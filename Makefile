@@ -28,6 +28,9 @@ test: $(READY)  ## the whole test suite
 bench: $(READY)  ## benchmarks against rq worker-pool and friends; writes docs/BENCHMARKS.md and docs/bench.png
 	$(BIN)/python -m bench
 
+soak: $(READY)  ## the chaos soak at full size: 2,000 jobs, workers killed at random, a Redis restart
+	SOAK_JOBS=2000 $(BIN)/pytest tests/integration/test_soak.py
+
 wheelhouse: $(READY)  ## wheels of conductor and every dependency, for nodes without a package index
 	deploy/wheelhouse.sh wheelhouse
 

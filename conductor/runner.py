@@ -65,11 +65,32 @@ class Runner:
         """Run ``job`` (its stored fields) to its end and say how it ended."""
         job_id = int(job["id"])
         try:
-            directory, script = self._prepare(job_id, job["script"])
+            process = self._spawn(job_id, job)
         except OSError as error:
-            return Outcome(JobState.FAILED, None, f"cannot prepare the job directory: {error}")
+            return Outcome(JobState.FAILED, None, f"cannot start the job: {error}")
+        try:
+            self._record_process(job_id, process.pid)
+            return self._wait(job_id, process, float(job["time_limit"]) if job.get("time_limit") else None)
+        finally:
+            # Whatever ended the wait (exit, cancel, timeout, a second SIGTERM), nothing of the job
+            # may outlive it: Slurm's rule, and what keeps the node's books true.
+            procs.signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def _record_process(self, job_id: int, pid: int) -> None:
+        """Note the job's process group, so a reaper can kill it if this worker dies."""
+        try:
+            self.connection.hset(keys.job(job_id), mapping={
+                "pgid": pid, "pgid_start": procs.start_ticks(pid) or "", "host": HOST,
+            })
+        except UNREACHABLE as error:  # the job runs on; only orphan clean-up after a crash is lost
+            logger.error("job {}: could not record its process group ({}); it runs on", job_id, error)
+
+    def _spawn(self, job_id: int, job: dict[str, str]) -> subprocess.Popen[bytes]:
+        directory = job_dir(self.job_root, job_id)
+        script = self._write_script(directory, job["script"])
         with open(output_file(self.job_root, job_id), "ab") as output, self._bound(job):
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 ["/bin/bash", str(script)],
                 cwd=directory,
                 stdin=subprocess.DEVNULL,
@@ -79,26 +100,21 @@ class Runner:
                 start_new_session=True,
                 close_fds=True,
             )
-        try:
-            self.connection.hset(keys.job(job_id), mapping={
-                "pgid": process.pid, "pgid_start": procs.start_ticks(process.pid) or "", "host": HOST,
-            })
-            return self._wait(job_id, process, float(job["time_limit"]) if job.get("time_limit") else None)
-        finally:
-            # Whatever ended the wait (exit, cancel, timeout, a second SIGTERM), nothing of the job
-            # may outlive it: Slurm's rule, and what keeps the node's books true.
-            procs.signal_group(process.pid, signal.SIGKILL)
-            process.wait()
 
-    def _prepare(self, job_id: int, script_text: str) -> tuple[Path, Path]:
-        directory = job_dir(self.job_root, job_id)
+    @staticmethod
+    def _write_script(directory: Path, text: str) -> Path:
+        """Write the script whole or not at all (a full disk leaves no truncated script behind)."""
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         script = directory / "script.sh"
         partial = directory / ".script.sh.partial"
-        partial.write_text(script_text)
-        partial.chmod(0o700)
-        partial.replace(script)
-        return directory, script
+        try:
+            partial.write_text(text)
+            partial.chmod(0o700)
+            partial.replace(script)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            raise
+        return script
 
     @contextmanager
     def _bound(self, job: dict[str, str]) -> Iterator[None]:
