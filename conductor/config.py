@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .store import redacted
 from .units import format_memory, parse_memory
 
 ENV_CONFIG = "CONDUCTOR_CONFIG"
@@ -238,6 +239,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 text = "********" if value.get_secret_value() else ""
+            elif name == "redis_url":
+                text = redacted(value)
             elif name == "total_memory":
                 text = format_memory(value)
             elif isinstance(value, bool):
