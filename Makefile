@@ -23,7 +23,7 @@ reload: $(READY)  ## re-render after editing app.properties; starts/stops only a
 	deploy/run-local.sh reload
 
 test: $(READY)  ## the whole test suite
-	$(BIN)/pytest
+	RELIABILITY_REPORT=docs/RELIABILITY.md $(BIN)/pytest
 
 bench: $(READY)  ## benchmarks against rq worker-pool and friends; writes docs/BENCHMARKS.md and docs/bench.png
 	$(BIN)/python -m bench

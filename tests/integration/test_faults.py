@@ -29,6 +29,7 @@ def aof_redis(tmp_path):
     server.stop()
 
 
+@pytest.mark.reliability("fault: Redis restarted or unreachable while a job ends")
 @pytest.mark.parametrize("outage", [0, 30], ids=["restart", "30s-outage"])
 def test_a_job_ending_while_redis_is_away_is_recorded_with_its_exit_code(tmp_path, aof_redis, outage):
     from support import Node
@@ -56,6 +57,7 @@ def test_a_job_ending_while_redis_is_away_is_recorded_with_its_exit_code(tmp_pat
         node.stop()
 
 
+@pytest.mark.reliability("fault: disk full in JOB_ROOT")
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small file system needs root")
 def test_a_full_job_root_fails_the_job_with_a_clear_reason_and_nothing_half_written(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from support import Node, RedisServer, conductor, free_port, node_config, wait_until
 
 SECRET = "s3cret-pw#1"
@@ -49,6 +51,7 @@ def run_a_job(tmp_path: Path, server: RedisServer) -> str:
         node.stop()
 
 
+@pytest.mark.reliability("security: Redis AUTH, secrets kept from jobs and output")
 def test_redis_auth_works_and_the_password_never_reaches_jobs_or_output(tmp_path):
     port = free_port()
     server = ExtraRedis(tmp_path / "redis", f"redis://:{SECRET.replace('#', '%23')}@127.0.0.1:{port}/0", port,
@@ -81,6 +84,7 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
+@pytest.mark.reliability("security: Redis over TLS")
 def test_workers_talk_to_redis_over_tls(tmp_path):
     ca, cert, key = make_certificates(tmp_path / "tls")
     port = free_port()
@@ -99,6 +103,7 @@ def test_workers_talk_to_redis_over_tls(tmp_path):
         server.stop()
 
 
+@pytest.mark.reliability("security: no secrets in rendered files")
 def test_rendered_files_carry_no_secrets(tmp_path, redis_server):
     config = node_config(tmp_path, redis_server, API_ENABLED=True, API_TOKEN="api-token-value",
                          REDIS_URL=f"redis://:{SECRET.replace('#', '%23')}@127.0.0.1:1/0")
@@ -109,6 +114,7 @@ def test_rendered_files_carry_no_secrets(tmp_path, redis_server):
         assert "api-token-value" not in text and "s3cret" not in text
 
 
+@pytest.mark.reliability("bad input: job name trying to escape JOB_ROOT")
 def test_job_names_never_shape_paths(make_node):
     node = make_node(WORKER_CONCURRENCY=1)
     node.start_workers(1)

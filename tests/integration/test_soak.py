@@ -11,6 +11,8 @@ import random
 import signal
 import time
 
+import pytest
+
 from redis.exceptions import BusyLoadingError as RedisBusyLoading
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -21,6 +23,7 @@ from support import RedisServer, Supervisord, conductor, node_config, wait_until
 FINAL = [s.value for s in JobState if s.final]
 
 
+@pytest.mark.reliability("fault: soak, random SIGKILLs and a Redis restart", cases=int(os.environ.get("SOAK_JOBS", "60")))
 def test_soak_every_job_final_and_books_balanced(tmp_path):
     count = int(os.environ.get("SOAK_JOBS", "60"))
     rng = random.Random(int(os.environ.get("SOAK_SEED", "7")))

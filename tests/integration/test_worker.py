@@ -64,6 +64,7 @@ def test_nonzero_exit_is_failed_with_its_code(make_node):
     assert job["exit_code"] == 7 and job["reason"] == "exit status 7"
 
 
+@pytest.mark.reliability("fault: job over its time limit")
 def test_time_limit_ends_job_as_timeout_with_every_process_gone(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=1)
     node.start_workers(1)
@@ -74,6 +75,7 @@ def test_time_limit_ends_job_as_timeout_with_every_process_gone(make_node, tmp_p
     assert not alive(int(pids.read_text()))
 
 
+@pytest.mark.reliability("fault: cancel of a running job with children")
 def test_cancel_running_job_stops_every_child(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=1)
     node.start_workers(1)
@@ -95,6 +97,7 @@ def test_leftover_background_processes_are_killed_when_the_job_ends(make_node, t
     assert not alive(int(pids.read_text()))
 
 
+@pytest.mark.reliability("fault: SIGKILL of a busy worker, restarted at once")
 def test_sigkilled_worker_restarts_at_first_try_and_its_job_ends_node_fail(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=1)
     first = node.start_worker(1)
@@ -113,6 +116,7 @@ def test_sigkilled_worker_restarts_at_first_try_and_its_job_ends_node_fail(make_
     assert "There exists an active worker" not in second.output()
 
 
+@pytest.mark.reliability("fault: second instance of a live worker index")
 def test_a_live_worker_index_is_not_taken_twice(make_node):
     node = make_node(WORKER_CONCURRENCY=1)
     node.start_worker(1)
@@ -121,6 +125,7 @@ def test_a_live_worker_index_is_not_taken_twice(make_node):
     assert "already running" in duplicate.output()
 
 
+@pytest.mark.reliability("fault: Redis not answering at start")
 def test_worker_exits_with_a_clear_message_when_redis_does_not_answer(tmp_path, redis_server):
     config = node_config(tmp_path, redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     worker = WorkerProcess(config, 1, tmp_path / "worker.log")
@@ -129,6 +134,7 @@ def test_worker_exits_with_a_clear_message_when_redis_does_not_answer(tmp_path, 
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="only a worker started by root can refuse to be root")
+@pytest.mark.reliability("security: worker started as root")
 def test_worker_started_as_root_refuses_jobs_unless_allowed(tmp_path, redis_server):
     config = node_config(tmp_path, redis_server, ALLOW_ROOT_JOBS=False)
     worker = WorkerProcess(config, 1, tmp_path / "worker.log")
@@ -136,6 +142,7 @@ def test_worker_started_as_root_refuses_jobs_unless_allowed(tmp_path, redis_serv
     assert "refusing to run jobs as root" in worker.output()
 
 
+@pytest.mark.reliability("fault: SIGTERM to a busy worker")
 def test_sigterm_lets_the_running_job_finish_then_exits_cleanly(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=1)
     worker = node.start_worker(1)
@@ -149,6 +156,7 @@ def test_sigterm_lets_the_running_job_finish_then_exits_cleanly(make_node, tmp_p
     assert not node.redis.client().exists("worker:node-a-1")
 
 
+@pytest.mark.reliability("fault: second SIGTERM to a busy worker")
 def test_second_sigterm_stops_at_once_and_the_job_is_not_lost(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=1)
     worker = node.start_worker(1)
@@ -165,6 +173,7 @@ def test_second_sigterm_stops_at_once_and_the_job_is_not_lost(make_node, tmp_pat
     assert allocated(node) == (0, 0)
 
 
+@pytest.mark.reliability("fault: worker killed and not restarted")
 def test_a_peer_reaps_a_dead_worker_and_frees_its_cpus(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=2)
     node.start_workers(2)
@@ -180,6 +189,7 @@ def test_a_peer_reaps_a_dead_worker_and_frees_its_cpus(make_node, tmp_path):
     assert allocated(node) == (0, 0)
 
 
+@pytest.mark.reliability("fault: worker frozen (SIGSTOP) beyond HEARTBEAT_TTL")
 def test_a_frozen_worker_is_settled_once_and_registers_again(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=2)
     node.start_workers(2)
