@@ -11,6 +11,7 @@ NEXT_JOB_ID = PREFIX + "next-job-id"
 JOBS = PREFIX + "jobs"  # sorted set of every job id, score = id
 NODES = PREFIX + "nodes"  # set of node names that ever registered
 WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
+MAINTENANCE = PREFIX + "maintenance"  # short lease: one worker per heartbeat interval reaps and places
 
 JOB_PREFIX = PREFIX + "job:"
 STATE_PREFIX = PREFIX + "state:"
@@ -46,6 +47,15 @@ def node_free_cpus(name: str) -> str:
 def node_running(name: str) -> str:
     """Set of the ids of jobs holding resources on the node."""
     return f"{NODE_PREFIX}{name}:running"
+
+
+def node_process_groups(name: str) -> str:
+    """Hash job id -> "pgid start-ticks host worker" of the jobs running on the node's hosts.
+
+    Killing what a dead worker left behind is a duty of its own host, while settling its job
+    may happen anywhere: this is how the host finds the processes after the job has been settled.
+    """
+    return f"{NODE_PREFIX}{name}:process-groups"
 
 
 def node_workers(name: str) -> str:

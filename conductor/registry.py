@@ -2,8 +2,9 @@
 
 A worker's record ``worker:<NODE>-<i>`` expires HEARTBEAT_TTL seconds after its last heartbeat,
 so a SIGKILLed or frozen worker disappears on its own. Whoever notices a registered name whose
-record is gone (any live worker, on its heartbeat, or the restarted instance itself) reaps it:
-kills the job processes it left on this host and settles its job, exactly once, in Lua.
+record is gone (one live worker per heartbeat interval, or the restarted instance itself) reaps
+it: settles its job exactly once, in Lua. Killing the processes it left is the duty of its own
+host (:func:`kill_orphans`), since the reaper may run anywhere.
 """
 
 from __future__ import annotations
@@ -68,16 +69,16 @@ def unregister(connection: Redis, settings: Settings, index: int) -> None:
         pipe.execute()
 
 
-def is_live(record: dict[str, str], ttl: float) -> bool:
+def is_live(record: dict[str, str]) -> bool:
     """Whether a (not yet expired) record belongs to a process that is still there.
 
     On this host the PID and its start time tell for sure at once; for another host only the
-    record's expiry can tell, so it counts as live until then.
+    record's expiry can tell, so it counts as live until it expires.
     """
     if not record:
         return False
     if record.get("host") != HOST:
-        return time.time() - float(record.get("last_heartbeat") or 0) < ttl
+        return True  # the record has not expired, and Redis's clock is the only one trusted
     ticks = record.get("pid_start")
     return procs.is_running(int(record["pid"]), int(ticks) if ticks else None)
 
@@ -91,7 +92,7 @@ def claim(connection: Redis, rq_connection: Redis, settings: Settings, index: in
     """
     name = settings.worker_name(index)
     record = connection.hgetall(keys.worker(name))
-    if record and record.get("pid") != str(os.getpid()) and is_live(record, settings.heartbeat_ttl):
+    if record and record.get("pid") != str(os.getpid()) and is_live(record):
         raise WorkerConflict(
             f"worker {name} is already running (pid {record.get('pid')} on host {record.get('host')}); "
             "refusing to start a second instance with the same index"
@@ -100,6 +101,7 @@ def claim(connection: Redis, rq_connection: Redis, settings: Settings, index: in
         logger.warning("previous instance of {} (pid {}) is gone; cleaning up after it", name, record.get("pid"))
         connection.delete(keys.worker(name))
     reap(connection, name, settings.node_name)
+    kill_orphans(connection, settings.node_name)
     rq_worker = SimpleWorker.find_by_key(
         SimpleWorker.redis_worker_namespace_prefix + keys.rq_worker_name(name), connection=rq_connection
     )
@@ -109,20 +111,35 @@ def claim(connection: Redis, rq_connection: Redis, settings: Settings, index: in
 
 
 def reap(connection: Redis, name: str, node: str) -> list[int]:
-    """Settle what dead worker ``name`` left: kill its job processes on this host, end its job."""
-    running = sorted(connection.smembers(keys.node_running(node)), key=int)
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in running:
-            pipe.hmget(keys.job(job_id), "worker", "pgid", "pgid_start", "host")
-        rows = pipe.execute()
-    for job_id, (worker, pgid, ticks, host) in zip(running, rows):
-        if worker == name and pgid and host == HOST:
-            if procs.kill_orphaned_group(int(pgid), int(ticks) if ticks else None):
-                logger.warning("killed the processes of job {} left behind by dead worker {}", job_id, name)
+    """Settle what dead worker ``name`` left: its job ends NODE_FAIL, its resources are released."""
     ended = [int(job_id) for job_id in scripts.run(connection, "reap", name, node)]  # type: ignore[union-attr]
     for job_id in ended:
         logger.warning("job {} ended NODE_FAIL: worker {} died while running it", job_id, name)
     return ended
+
+
+def kill_orphans(connection: Redis, node: str) -> list[int]:
+    """Kill, on this host, the job processes whose worker is dead or whose job has ended.
+
+    PID reuse is guarded against by the recorded start time of each group's leader.
+    """
+    entries = connection.hgetall(keys.node_process_groups(node))
+    killed = []
+    for job_id, entry in sorted(entries.items()):
+        pgid, ticks, host, worker = entry.split(" ")
+        if host != HOST:
+            continue
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.worker(worker))
+            pipe.hmget(keys.job(job_id), "state", "worker")
+            worker_alive, (state, owner) = pipe.execute()
+        if worker_alive and state == "RUNNING" and owner == worker:
+            continue
+        if procs.kill_orphaned_group(int(pgid), int(ticks) if ticks else None):
+            logger.warning("killed the processes of job {} left behind by worker {}", job_id, worker)
+            killed.append(int(job_id))
+        connection.hdel(keys.node_process_groups(node), job_id)
+    return killed
 
 
 def reap_dead(connection: Redis) -> list[int]:
@@ -169,16 +186,20 @@ def workers(connection: Redis) -> list[dict[str, Any]]:
 class Heartbeat(threading.Thread):
     """Keeps this worker's record alive and runs the periodic duties of a node.
 
-    Each beat also reaps dead workers anywhere and calls ``tick`` (placement's safety pass), so
-    a cluster heals as long as any one worker lives.
+    Each beat also calls ``tick`` (the node's own duties). Once per interval, one worker of the
+    whole cluster (whoever takes a short lease first) reaps dead workers anywhere and runs
+    ``sweep`` (placement's safety pass): a cluster heals as long as any one worker lives, and
+    the cost does not grow with the square of the number of workers.
     """
 
-    def __init__(self, connection: Redis, settings: Settings, index: int, tick: Callable[[], None]) -> None:
+    def __init__(self, connection: Redis, settings: Settings, index: int,
+                 tick: Callable[[], None], sweep: Callable[[], None]) -> None:
         super().__init__(name=f"heartbeat-{index}", daemon=True)
         self.connection = connection
         self.settings = settings
         self.index = index
         self.tick = tick
+        self.sweep = sweep
         self.job: int | None = None  # the job being run, so a re-registration keeps saying so
         self.stopped = threading.Event()
 
@@ -198,8 +219,11 @@ class Heartbeat(threading.Thread):
         if not scripts.run(self.connection, "heartbeat", name, ttl_ms, f"{time.time():.6f}"):
             logger.warning("record of {} had expired (heartbeats were late); registering again", name)
             register(self.connection, self.settings, self.index, self.job)
-        reap_dead(self.connection)
         self.tick()
+        lease = int(self.settings.heartbeat_interval * 1000)
+        if self.connection.set(keys.MAINTENANCE, name, nx=True, px=lease):
+            reap_dead(self.connection)
+            self.sweep()
 
     def stop(self) -> None:
         self.stopped.set()

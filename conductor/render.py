@@ -59,7 +59,68 @@ class Supervisord(Exporter):
         yield "conductor.conf", self._render("conductor.conf.j2")
 
 
-EXPORTERS: dict[str, type[Exporter]] = {Supervisord.target: Supervisord}
+class Systemd(Exporter):
+    """``conductor-worker@.service``, ``conductor-workers.target`` and, with the API, ``conductor-api.service``.
+
+    The instance template does not depend on WORKER_CONCURRENCY, only the target does: a change
+    of N rewrites the target alone, so a daemon-reload never changes the running instances.
+    Values that land in unit files are escaped for systemd (``%`` specifiers, ``$`` expansion,
+    quoting), so an odd path can make a unit odd-looking but never a different one.
+    """
+
+    target = "systemd"
+    PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._+:@,=-")
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.env.filters.update(exec_arg=self.exec_arg, unit_text=self.unit_text)
+
+    def context(self) -> dict[str, object]:
+        context = super().context()
+        logs = [self.settings.log_file.parent] if self.settings.log_file else []
+        context["worker_writable"] = [self.path_arg(p) for p in self.outermost([self.settings.job_root, *logs])]
+        context["api_writable"] = [self.path_arg(p) for p in self.outermost(logs)]
+        return context
+
+    def files(self) -> Iterator[tuple[str, str]]:
+        yield "conductor-worker@.service", self._render("conductor-worker@.service.j2")
+        yield "conductor-workers.target", self._render("conductor-workers.target.j2")
+        if self.settings.api_enabled:
+            yield "conductor-api.service", self._render("conductor-api.service.j2")
+
+    @staticmethod
+    def outermost(paths: list[Path]) -> list[Path]:
+        """``paths`` without duplicates and without those inside another one (ReadWritePaths=)."""
+        kept: list[Path] = []
+        for path in paths:
+            if not any(path.is_relative_to(other) for other in kept):
+                kept = [other for other in kept if not other.is_relative_to(path)] + [path]
+        return kept
+
+    @staticmethod
+    def unit_text(value: object) -> str:
+        """Free text in a unit file (Description=, comments): one line, ``%`` escaped."""
+        return " ".join(str(value).split()).replace("%", "%%")
+
+    @classmethod
+    def quoted(cls, text: str) -> str:
+        if text and set(text) <= cls.PLAIN:
+            return text
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+
+    @classmethod
+    def path_arg(cls, value: object) -> str:
+        """A path in a list setting (ReadWritePaths=): ``%`` escaped, quoted when needed."""
+        return cls.quoted(str(value).replace("%", "%%"))
+
+    @classmethod
+    def exec_arg(cls, value: object) -> str:
+        """One word of ExecStart=: ``%`` and ``$`` escaped, quoted when needed."""
+        return cls.quoted(str(value).replace("%", "%%").replace("$", "$$"))
+
+
+EXPORTERS: dict[str, type[Exporter]] = {Supervisord.target: Supervisord, Systemd.target: Systemd}
 
 
 def write(files: Iterator[tuple[str, str]], out: Path) -> list[tuple[Path, bool]]:

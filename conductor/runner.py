@@ -75,14 +75,16 @@ class Runner:
             # Whatever ended the wait (exit, cancel, timeout, a second SIGTERM), nothing of the job
             # may outlive it: Slurm's rule, and what keeps the node's books true.
             procs.signal_group(process.pid, signal.SIGKILL)
-            process.wait()
+            process.wait()  # the finish script drops the job's process-group entry
 
     def _record_process(self, job_id: int, pid: int) -> None:
         """Note the job's process group, so a reaper can kill it if this worker dies."""
+        ticks = procs.start_ticks(pid) or ""
         try:
-            self.connection.hset(keys.job(job_id), mapping={
-                "pgid": pid, "pgid_start": procs.start_ticks(pid) or "", "host": HOST,
-            })
+            with self.connection.pipeline() as pipe:
+                pipe.hset(keys.job(job_id), mapping={"pgid": pid, "pgid_start": ticks, "host": HOST})
+                pipe.hset(keys.node_process_groups(self.node), job_id, f"{pid} {ticks} {HOST} {self.worker}")
+                pipe.execute()
         except UNREACHABLE as error:  # the job runs on; only orphan clean-up after a crash is lost
             logger.error("job {}: could not record its process group ({}); it runs on", job_id, error)
 

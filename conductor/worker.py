@@ -159,7 +159,8 @@ def run(settings: Settings, index: int) -> int:
         connection=rq_connection,
         worker_ttl=max(int(settings.heartbeat_ttl), 15),
     )
-    heartbeat = registry.Heartbeat(connection, settings, index, tick=lambda: _tick(settings, rq_worker))
+    heartbeat = registry.Heartbeat(connection, settings, index, tick=lambda: _tick(settings, rq_worker),
+                                   sweep=lambda: placement.place(connection, rq_connection))
     _context = Context(settings, index, connection, rq_connection,
                        Runner(connection, settings.job_root, settings.node_name, name), heartbeat)
     heartbeat.start()
@@ -185,8 +186,8 @@ def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
     ctx = _context
     if ctx is None:
         return
+    registry.kill_orphans(ctx.connection, settings.node_name)
     placement.requeue_stalled(ctx.connection, ctx.rq_connection, settings.node_name, 2 * settings.heartbeat_ttl)
-    placement.place(ctx.connection, ctx.rq_connection)
     job, execution = rq_worker.get_current_job(), rq_worker.execution
     if job is not None and execution is not None:
         rq_worker.maintain_heartbeats(job, execution)  # keep RQ's view of a long job alive

@@ -12,6 +12,7 @@ local function node_key(name) return NODE_PREFIX .. name end
 local function free_cpus_key(name) return NODE_PREFIX .. name .. ':free-cpus' end
 local function running_key(name) return NODE_PREFIX .. name .. ':running' end
 local function node_workers_key(name) return NODE_PREFIX .. name .. ':workers' end
+local function process_groups_key(name) return NODE_PREFIX .. name .. ':process-groups' end
 local function worker_key(name) return WORKER_PREFIX .. name end
 
 local function move_state(id, from, to)

@@ -1,0 +1,127 @@
+"""Prometheus metrics, read from Redis at scrape time.
+
+Redis is the only store, and any number of API processes (one per node that enables it) may be
+scraped; keeping counters in the API process would make each of them tell a different, partial
+story that a restart erases. So nothing is counted here: every scrape reads the same books the
+CLI reads (job indexes, node ledgers, worker records) and reports them as they are now.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+
+from loguru import logger
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+from redis import Redis
+
+from . import jobs, keys, resources
+from .jobs import JobState
+from .store import UNREACHABLE, redacted
+
+WINDOW = 1000  # ended jobs the histograms are built from (see JobTimes)
+WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+RUN_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 7 * 24 * 3600)
+FINAL_STATES = tuple(state for state in JobState if state.final)
+
+
+class ConductorCollector(Collector):
+    """Jobs by state, each node's ledger and workers, and job wait/run time histograms.
+
+    When Redis cannot be reached the scrape still succeeds with ``conductor_redis_up 0`` (and the
+    error is logged): an alert on that gauge tells "Redis is down" apart from "the API is down",
+    which a failed scrape (Prometheus' own ``up``) could not.
+    """
+
+    def __init__(self, connection: Redis, redis_url: str) -> None:
+        self.connection = connection
+        self.redis_url = redis_url
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = [*job_states(self.connection), *node_ledgers(self.connection),
+                        *job_times(self.connection)]
+        except UNREACHABLE as error:
+            logger.error("metrics: Redis at {} is unreachable: {}", redacted(self.redis_url), error)
+            yield GaugeMetricFamily("conductor_redis_up", "Whether Redis answered this scrape.", value=0)
+            return
+        yield GaugeMetricFamily("conductor_redis_up", "Whether Redis answered this scrape.", value=1)
+        yield from families
+
+
+def registry_for(connection: Redis, redis_url: str) -> CollectorRegistry:
+    """A registry of its own per app, so that several apps in one process (tests) never collide."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ConductorCollector(connection, redis_url))
+    return registry
+
+
+def job_states(connection: Redis) -> list[Metric]:
+    """``conductor_jobs{state}``: read from the per-state indexes, so a scrape costs one pipeline."""
+    family = GaugeMetricFamily("conductor_jobs", "Jobs currently in each state.", labels=["state"])
+    for state, count in jobs.count_by_state(connection).items():
+        family.add_metric([state], count)
+    return [family]
+
+
+def node_ledgers(connection: Redis) -> list[Metric]:
+    """Per-node totals, allocations and workers: the same numbers as ``GET /api/v1/nodes``."""
+    specs = (
+        ("conductor_node_cpus", "CPUs the node offers to jobs (TOTAL_CPUS).", "total_cpus"),
+        ("conductor_node_allocated_cpus", "CPUs held by the node's RUNNING jobs.", "allocated_cpus"),
+        ("conductor_node_memory_bytes", "Memory the node offers to jobs (TOTAL_MEMORY).", "total_memory"),
+        ("conductor_node_allocated_memory_bytes", "Memory held by the node's RUNNING jobs.", "allocated_memory"),
+        ("conductor_node_workers", "Live workers (fresh heartbeat) of the node.", "workers"),
+        ("conductor_node_busy_workers", "Live workers of the node that are running a job.", "busy_workers"),
+    )
+    families = [(GaugeMetricFamily(name, text, labels=["node"]), field) for name, text, field in specs]
+    for node in resources.nodes(connection):
+        for family, field in families:
+            family.add_metric([node["name"]], node[field])
+    return [family for family, _ in families]
+
+
+def job_times(connection: Redis) -> list[Metric]:
+    """``conductor_job_wait_seconds`` and ``conductor_job_run_seconds``, over the last WINDOW ended jobs.
+
+    Why a window and not counters: no process sees every job end (workers on many nodes settle
+    them inside Lua), so a true cumulative histogram would have to be kept in Redis by the
+    finish script. Until then the histograms are rebuilt at each scrape from the timestamps of
+    the WINDOW most recent ended jobs (highest ids among the final states): bounded work per
+    scrape however long the history. Consequences: ``_count`` stops growing at WINDOW and
+    ``_sum`` may fall, so read them with ``histogram_quantile()`` on the ``_bucket`` series
+    directly, never through ``rate()``. Wait = placement (``started_at``) minus submission; run =
+    end minus placement; jobs that ended without ever starting (cancelled while PENDING) have
+    neither and are left out of both.
+    """
+    rows = _recent_ended(connection)
+    waits = [float(started) - float(submitted) for submitted, started, _ in rows if started and submitted]
+    runs = [float(ended) - float(started) for _, started, ended in rows if started and ended]
+    return [
+        _histogram("conductor_job_wait_seconds", "Time from submission to start, recent ended jobs.",
+                   waits, WAIT_BUCKETS),
+        _histogram("conductor_job_run_seconds", "Time from start to end, recent ended jobs.", runs, RUN_BUCKETS),
+    ]
+
+
+def _recent_ended(connection: Redis) -> list[tuple[str, str, str]]:
+    """(submitted_at, started_at, ended_at) of the WINDOW highest-numbered jobs in a final state."""
+    with connection.pipeline(transaction=False) as pipe:
+        for state in FINAL_STATES:
+            pipe.zrevrange(keys.state(state), 0, WINDOW - 1)
+        per_state: list[list[str]] = pipe.execute()
+    recent = sorted((int(job_id) for ids in per_state for job_id in ids), reverse=True)[:WINDOW]
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in recent:
+            pipe.hmget(keys.job(job_id), "submitted_at", "started_at", "ended_at")
+        return [tuple(value or "" for value in row) for row in pipe.execute()]  # type: ignore[misc]
+
+
+def _histogram(name: str, text: str, values: Iterable[float], bounds: Sequence[float]) -> HistogramMetricFamily:
+    """A histogram family with cumulative buckets, as the exposition format requires."""
+    observed = sorted(max(value, 0.0) for value in values)  # clock steps between hosts can go negative
+    buckets = [(floatToGoString(bound), float(bisect_right(observed, bound))) for bound in bounds]
+    buckets.append(("+Inf", float(len(observed))))
+    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=sum(observed))
