@@ -232,9 +232,15 @@ open_router = APIRouter(tags=["operations"])
 # --- jobs -----------------------------------------------------------------------------------
 
 
+SUBMIT_LINKS = {  # lets generated clients (and schemathesis) follow a new job to its other routes
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id"}}
+    for name, operation in (("GetJob", "get_job"), ("GetJobOutput", "get_job_output"), ("CancelJob", "cancel_job"))
+}
+
+
 @jobs_router.post(
-    "/jobs/submit", status_code=201, response_model=Submitted,
-    responses={422: {"model": ValidationProblem,
+    "/jobs/submit", status_code=201, response_model=Submitted, operation_id="submit_job",
+    responses={201: {"links": SUBMIT_LINKS}, 422: {"model": ValidationProblem,
                      "description": "a field of the body is invalid, or no node could ever run the job"}},
 )
 def submit_job(submission: JobSubmission, ctx: Ctx) -> Submitted:
@@ -283,7 +289,7 @@ def _printable(key: Any) -> str | int:
     return str(key).encode("utf-8", "backslashreplace").decode()
 
 
-@jobs_router.get("/jobs", response_model=list[JobView])
+@jobs_router.get("/jobs", response_model=list[JobView], operation_id="list_jobs")
 def list_jobs(
     ctx: Ctx,
     response: Response,
@@ -297,7 +303,8 @@ def list_jobs(
     return jobs.list_jobs(ctx.connection, state, limit, offset)
 
 
-@jobs_router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": Problem}})
+@jobs_router.get("/jobs/{job_id}", response_model=JobView, operation_id="get_job",
+                 responses={404: {"model": Problem}})
 def get_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
     """One job: state, placement, resources, exit code and timestamps."""
     return _job_or_404(ctx, job_id)
@@ -311,7 +318,7 @@ def _job_or_404(ctx: Context, job_id: int) -> dict[str, Any]:
 
 
 @jobs_router.post(
-    "/jobs/{job_id}/cancel", response_model=Cancelled,
+    "/jobs/{job_id}/cancel", response_model=Cancelled, operation_id="cancel_job",
     responses={404: {"model": Problem}, 409: {"model": Problem, "description": "the job has already ended"}},
 )
 def cancel_job(job_id: JobId, ctx: Ctx) -> Cancelled:
@@ -340,7 +347,7 @@ OUTPUT_HEADERS = {
 
 
 @jobs_router.get(
-    "/jobs/{job_id}/output", response_class=Response,
+    "/jobs/{job_id}/output", response_class=Response, operation_id="get_job_output",
     responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "headers": OUTPUT_HEADERS,
               "description": "the bytes of the output from `offset`, at most `limit` of them"},
@@ -350,7 +357,8 @@ OUTPUT_HEADERS = {
 def job_output(
     job_id: JobId,
     ctx: Ctx,
-    offset: Annotated[int, Query(ge=0, description="first byte to return; pass X-Next-Offset to tail")] = 0,
+    offset: Annotated[int, Query(ge=0, description="first byte to return; pass X-Next-Offset to tail "
+                                                   "(past the end: nothing, as reading past a file's end)")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_OUTPUT_CHUNK, description="most bytes to return")] = 1 << 20,
 ) -> Response:
     """The job's combined stdout/stderr from ``offset``: call again with ``X-Next-Offset`` to tail it.
@@ -368,11 +376,6 @@ def job_output(
         data, size = b"", 0
     except OSError as error:  # not Redis: say which file and why, instead of a bare 500
         raise HTTPException(500, f"cannot read the output of job {job_id} at {path}: {error}") from None
-    if offset > size:
-        raise RequestValidationError([{
-            "type": "offset_past_end", "loc": ("query", "offset"),
-            "msg": f"offset {offset} is past the end of the output ({size} bytes so far)",
-        }])
     complete = JobState(job["state"]).final and offset + len(data) >= size
     return Response(data, media_type="text/plain", headers={
         "X-Next-Offset": str(offset + len(data)), "X-Output-Size": str(size),
@@ -406,13 +409,13 @@ def _explain_missing_output(settings: Settings, job: dict[str, Any], path: Path)
 # --- workers and nodes ------------------------------------------------------------------------
 
 
-@jobs_router.get("/workers", response_model=list[WorkerView], tags=["cluster"])
+@jobs_router.get("/workers", response_model=list[WorkerView], tags=["cluster"], operation_id="list_workers")
 def list_workers(ctx: Ctx) -> list[dict[str, Any]]:
     """Live workers of every node (a worker whose heartbeat expired is not listed)."""
     return registry.workers(ctx.connection)
 
 
-@jobs_router.get("/nodes", response_model=list[NodeView], tags=["cluster"])
+@jobs_router.get("/nodes", response_model=list[NodeView], tags=["cluster"], operation_id="list_nodes")
 def list_nodes(ctx: Ctx) -> list[dict[str, Any]]:
     """Every node's CPUs, memory and workers: totals, allocated and free."""
     return resources.nodes(ctx.connection)
@@ -421,13 +424,13 @@ def list_nodes(ctx: Ctx) -> list[dict[str, Any]]:
 # --- probes and metrics -------------------------------------------------------------------------
 
 
-@open_router.get("/healthz", response_model=Status)
+@open_router.get("/healthz", response_model=Status, operation_id="healthz")
 def healthz() -> Status:
     """The process is up and serving; says nothing about Redis (that is /readyz), needs no token."""
     return Status(status="ok")
 
 
-@probes_router.get("/readyz", response_model=Status, responses=REDIS_DOWN)
+@probes_router.get("/readyz", response_model=Status, responses=REDIS_DOWN, operation_id="readyz")
 def readyz(ctx: Ctx) -> Status:
     """Ready when Redis answers a ping: a load balancer should route here only then."""
     ctx.connection.ping()
@@ -435,7 +438,7 @@ def readyz(ctx: Ctx) -> Status:
 
 
 @probes_router.get(
-    "/metrics", response_class=Response,
+    "/metrics", response_class=Response, operation_id="metrics",
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
                      "description": "Prometheus text format; conductor_redis_up is 0 when Redis is down"}},
 )
@@ -457,7 +460,7 @@ class AsciiJSONResponse(JSONResponse):
 def _validation_body(errors: list[dict[str, Any]]) -> AsciiJSONResponse:
     """FastAPI's 422 shape (``loc``, ``msg``, ``type``), without echoing the input (scripts are long)."""
     detail = [{"type": str(e.get("type", "value_error")), "loc": [_printable(p) for p in e.get("loc", ())],
-               "msg": str(e.get("msg", "invalid"))} for e in errors]
+               "msg": str(e.get("msg", "invalid")).removeprefix("Value error, ")} for e in errors]
     return AsciiJSONResponse({"detail": detail}, status_code=422)
 
 

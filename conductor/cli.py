@@ -129,11 +129,12 @@ def render_command(settings: Settings, target: str, out: Path) -> None:
 @click.option("--cpus-per-task", "-c", type=int, default=1, show_default=True)
 @click.option("--mem", default="0", help="memory per node, e.g. 512M or 8G (default: not accounted)")
 @click.option("--time-limit", "-t", default=None, help="minutes, or [D-]HH:MM:SS")
+@click.option("--requeue", is_flag=True, help="run the job again once if its worker dies")
 @click.option("--env", "environment", multiple=True, metavar="NAME=VALUE", help="set a variable for the job (repeatable)")
 @with_settings
 def submit(settings: Settings, script: Any, name: str | None, account: str, partition: str,
            ntasks_per_node: int, cpus_per_task: int, mem: str, time_limit: str | None,
-           environment: tuple[str, ...]) -> None:
+           requeue: bool, environment: tuple[str, ...]) -> None:
     """Submit SCRIPT (a file, or - for stdin) as a batch job; prints the job id."""
     body = {
         "job": {
@@ -145,6 +146,7 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
             "memory_per_node": mem,
             "time_limit": time_limit,
             "environment": dict(_pair(item) for item in environment),
+            "requeue": requeue,
         },
         "script": script.read(),
     }

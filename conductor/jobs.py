@@ -64,6 +64,7 @@ class JobSpec(BaseModel):
         default=None, description="seconds; accepts minutes or [D-]HH:MM:SS, as sbatch --time"
     )
     environment: dict[str, str] = Field(default_factory=dict, max_length=256)
+    requeue: bool = Field(default=False, description="run again once if the worker dies (sbatch --requeue)")
 
     @field_validator("account", "name", "partition")
     @classmethod
@@ -157,6 +158,8 @@ def submit(connection: Redis, submission: JobSubmission) -> int:
         "time_limit": "" if spec.time_limit is None else spec.time_limit,
         "environment": json.dumps(spec.environment, sort_keys=True),
         "script": submission.script,
+        "requeue": int(spec.requeue),
+        "requeued": 0,
         "node": "",
         "worker": "",
         "cpu_ids": "",
@@ -178,7 +181,7 @@ def cancel(connection: Redis, job_id: int, reason: str = "cancelled by user") ->
 VIEW_FIELDS = (
     "id", "name", "account", "partition", "state", "cpus", "memory", "node", "worker",
     "exit_code", "reason", "submitted_at", "started_at", "ended_at", "ntasks_per_node",
-    "cpus_per_task", "time_limit", "cpu_ids",
+    "cpus_per_task", "time_limit", "cpu_ids", "requeue", "requeued",
 )
 
 
@@ -237,6 +240,8 @@ def view(raw: dict[str, str | None]) -> dict[str, Any]:
         "cpus_per_task": number("cpus_per_task"),
         "time_limit": float(limit) if limit else None,
         "cpu_ids": [int(c) for c in (raw.get("cpu_ids") or "").split(",") if c],
+        "requeue": raw.get("requeue") == "1",
+        "requeued": number("requeued") or 0,
     }
 
 

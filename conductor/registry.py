@@ -114,7 +114,8 @@ def reap(connection: Redis, name: str, node: str) -> list[int]:
     """Settle what dead worker ``name`` left: its job ends NODE_FAIL, its resources are released."""
     ended = [int(job_id) for job_id in scripts.run(connection, "reap", name, node)]  # type: ignore[union-attr]
     for job_id in ended:
-        logger.warning("job {} ended NODE_FAIL: worker {} died while running it", job_id, name)
+        logger.warning("job {} of dead worker {} settled (NODE_FAIL, or requeued once if submitted so)",
+                       job_id, name)
     return ended
 
 

@@ -113,7 +113,9 @@ def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, r
                          job_id, state.value, error, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-    if settled:
+    if settled == 2:
+        logger.warning("Job {} requeued ({})", job_id, reason)
+    elif settled:
         logger.info("Job {} {}{}", job_id, state.value, f" ({reason})" if reason else "")
     else:
         logger.warning("job {} had already been settled elsewhere (reaped or cancelled); result {} dropped",

@@ -48,3 +48,20 @@ local function settle(id, final, exit_code, reason)
   end
   return 1
 end
+
+-- A job whose worker died: back to PENDING once if it was submitted with requeue (as sbatch
+-- --requeue), else NODE_FAIL. Returns 2 when requeued, 1 when settled, 0 when it had ended.
+local function node_fail(id, reason)
+  local j = redis.call('HMGET', job_key(id), 'state', 'requeue', 'requeued', 'worker')
+  if j[1] ~= 'RUNNING' then return settle(id, 'NODE_FAIL', '', reason) end
+  if j[2] ~= '1' or tonumber(j[3] or 0) > 0 then return settle(id, 'NODE_FAIL', '', reason) end
+  release(id)
+  move_state(id, 'RUNNING', 'PENDING')
+  redis.call('HSET', job_key(id), 'node', '', 'cpu_ids', '', 'started_at', '', 'worker', '',
+    'requeued', 1, 'reason', 'requeued once: ' .. reason)
+  redis.call('DEL', control_key(id))
+  if j[4] and j[4] ~= '' and redis.call('HGET', worker_key(j[4]), 'job') == tostring(id) then
+    redis.call('HSET', worker_key(j[4]), 'state', 'idle', 'job', '')
+  end
+  return 2
+end

@@ -1,7 +1,7 @@
 -- Settle what a dead worker left behind. ARGV: worker name, node.
--- Its job ends NODE_FAIL; if the node has no worker left, jobs placed there but not yet started
+-- Its job ends NODE_FAIL (or is requeued once, if submitted so); if the node has no worker left, jobs placed there but not yet started
 -- go back to PENDING. Does nothing when the worker's record exists again (it re-registered).
--- Returns the ids of the jobs it ended.
+-- Returns the ids of the jobs it ended or requeued.
 local name, node = ARGV[1], ARGV[2]
 if redis.call('EXISTS', worker_key(name)) == 1 then return {} end
 redis.call('SREM', WORKERS, name)
@@ -11,7 +11,7 @@ local orphans = redis.call('SCARD', node_workers_key(node)) == 0
 for _, id in ipairs(redis.call('SMEMBERS', running_key(node))) do
   local worker = redis.call('HGET', job_key(id), 'worker')
   if worker == name then
-    settle(id, 'NODE_FAIL', '', 'worker ' .. name .. ' died while running the job')
+    node_fail(id, 'worker ' .. name .. ' died while running the job')
     table.insert(ended, id)
   elseif worker == '' and orphans then
     release(id)

@@ -206,3 +206,23 @@ def test_a_frozen_worker_is_settled_once_and_registers_again(make_node, tmp_path
     wait_until(lambda: client.exists(f"worker:node-a-{frozen.index}"), what="the thawed worker to register again")
     assert node.job(job_id)["state"] == "NODE_FAIL"
     assert allocated(node) == (0, 0)
+
+
+@pytest.mark.reliability("fault: SIGKILL of a busy worker, job submitted with --requeue")
+def test_a_job_submitted_with_requeue_runs_again_once_after_its_worker_dies(make_node, tmp_path):
+    node = make_node(WORKER_CONCURRENCY=1)
+    first = node.start_worker(1)
+    runs = tmp_path / "runs"
+    release = tmp_path / "go"
+    job_id = node.submit(f"#!/bin/bash\necho run >> {runs}\nwhile [ ! -e {release} ]; do sleep 0.05; done\n",
+                         "--requeue")
+    wait_until(lambda: runs.exists(), what="the first run")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    node.start_worker(1)
+    wait_until(lambda: runs.read_text().count("run") == 2, what="the second run")
+    assert node.job(job_id)["requeued"] == 1
+    release.touch()
+    job = node.wait_state(job_id, "COMPLETED")
+    assert job["exit_code"] == 0 and job["requeue"] is True
+    assert allocated(node) == (0, 0)
