@@ -1,0 +1,159 @@
+"""The real parts every measurement stands on: a private redis-server and a private supervisord.
+
+These mirror tests/support.py on purpose (tests/ is not an importable package), tuned for
+benchmarking: no persistence in Redis, quiet logs, and process-level CPU and memory readings.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from xmlrpc.client import ServerProxy
+
+from redis import Redis
+
+T = TypeVar("T")
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken; the message says which and why."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (never Redis's 6379: the kernel hands out ephemeral ones)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.005) -> T:
+    """Poll ``predicate`` until it is truthy; a benchmark that hangs must fail loudly instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment minus conductor's own keys, which would override the app.properties we write."""
+    from conductor.config import Settings
+
+    names = {name.upper() for name in Settings.model_fields} | {"CONDUCTOR_CONFIG"}
+    env = {key: value for key, value in os.environ.items() if key.upper() not in names}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class RedisServer:
+    """A private redis-server on a free port, without persistence (``--save '' --appendonly no``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> RedisServer:
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                 "--save", "", "--appendonly", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_until(self._answers, 20, f"redis-server on port {self.port}", interval=0.02)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return bool(Redis(port=self.port, socket_connect_timeout=0.2).ping())
+        except Exception:
+            return False
+
+    def client(self, decode: bool = True) -> Redis:
+        return Redis(port=self.port, decode_responses=decode)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+class Supervisord:
+    """A private supervisord running whatever program sections a system gives it.
+
+    Every system under test runs under one, as it would in production (conductor's rendered
+    programs, RQ's documented ``numprocs`` recipe, or one program for a pool or a forking
+    parent), so start-up, restarts and process discovery are the same for all of them.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.conf_d = directory / "conf.d"
+        self.conf_d.mkdir(parents=True, exist_ok=True)
+        self.config = directory / "supervisord.conf"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.config.write_text(
+            f"[inet_http_server]\nport=127.0.0.1:{self.port}\n\n"
+            f"[supervisord]\nlogfile={directory}/supervisord.log\npidfile={directory}/supervisord.pid\n"
+            f"childlogdir={directory}\nnodaemon=true\nloglevel=warn\n\n"
+            "[rpcinterface:supervisor]\n"
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+            f"[supervisorctl]\nserverurl=http://127.0.0.1:{self.port}\n\n"
+            f"[include]\nfiles = {self.conf_d}/*.conf\n"
+        )
+
+    def start(self) -> Supervisord:
+        self.process = subprocess.Popen([str(BIN / "supervisord"), "-c", str(self.config)], env=clean_env(),
+                                        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.ctl("pid").returncode == 0, 30, "supervisord to answer", interval=0.05)
+        return self
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    def processes(self) -> list[dict[str, Any]]:
+        """supervisord's view of its programs (name, statename, pid, ...), over its XML-RPC API."""
+        with ServerProxy(f"http://127.0.0.1:{self.port}/RPC2") as proxy:
+            return list(proxy.supervisor.getAllProcessInfo())  # type: ignore[arg-type]
+
+    def program_pids(self) -> dict[str, int]:
+        """Program name -> PID of the programs running now."""
+        return {info["name"]: int(info["pid"]) for info in self.processes() if info["pid"]}
+
+    def all_running(self) -> bool:
+        """Whether every program has passed its startsecs (a worker killed now would be restarted)."""
+        found = self.processes()
+        return bool(found) and all(info["statename"] == "RUNNING" for info in found)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,158 @@
+"""One benchmark run: every system, every scenario, in an order that keeps the comparison fair.
+
+For each N, the systems are measured one after the other, each on a fresh Redis and supervisord;
+the detailed scenarios (makespan, latency, memory, restart) run at the seed's N = 4. Placement
+cost needs no workers and runs last, on its own Redis.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import machine, scenarios
+from .baselines import BASELINES
+from .conductor_system import ConductorSystem
+from .placement_cost import PlacementCost, placement_costs
+from .scenarios import Makespan, Restart, Throughput
+from .system import System
+
+SYSTEMS: tuple[type[System], ...] = (ConductorSystem, *BASELINES)
+LATENCY_PATHS = ("python", "cli", "http")
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much work each scenario does; ``QUICK`` only proves the harness works end to end."""
+
+    name: str
+    worker_counts: tuple[int, ...]
+    detail_workers: int
+    warmup_jobs: int
+    throughput_jobs: int
+    throughput_runs: int
+    makespan_jobs: int
+    makespan_sleep: float
+    latency_samples: int
+    cli_samples: int
+    latency_period: float
+    restarts: int
+    restart_pause: float
+    backlogs: tuple[int, ...]
+    placement_passes: int
+    placement_singles: int
+
+
+FULL = Size(
+    name="full", worker_counts=(2, 4), detail_workers=4, warmup_jobs=20, throughput_jobs=1000, throughput_runs=1,
+    makespan_jobs=8, makespan_sleep=2.0, latency_samples=200, cli_samples=8, latency_period=0.05, restarts=3,
+    restart_pause=0.2, backlogs=(1_000, 10_000, 100_000), placement_passes=5, placement_singles=30,
+)
+QUICK = Size(
+    name="quick", worker_counts=(2,), detail_workers=2, warmup_jobs=4, throughput_jobs=20, throughput_runs=1,
+    makespan_jobs=4, makespan_sleep=0.5, latency_samples=5, cli_samples=1, latency_period=0.05, restarts=1,
+    restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
+)
+
+
+@dataclass
+class SystemResults:
+    label: str
+    throughput: dict[int, Throughput] = field(default_factory=dict)
+    makespan: Makespan | None = None
+    latency: dict[str, list[float]] = field(default_factory=dict)
+    pss: float | None = None
+    restart: list[Restart] = field(default_factory=list)
+
+
+@dataclass
+class Results:
+    size: Size
+    machine: dict[str, str]
+    systems: dict[str, SystemResults]
+    placement: list[PlacementCost]
+    job_cpu: float  # CPU seconds of one `bash true.sh` on its own: part of every system's cost
+    seconds: float
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """The job scripts, one file each, shared by every system."""
+
+    trivial: Path
+    sleeper: Path
+    stamper: Path
+    stamp: Path
+
+    @classmethod
+    def write(cls, directory: Path, sleep: float) -> Scripts:
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = directory / "stamp"
+        files = {
+            "true.sh": "#!/bin/bash\ntrue\n",
+            "sleep.sh": f"#!/bin/bash\nsleep {sleep:g}\n",
+            # $EPOCHREALTIME is a bash variable: reading the clock forks nothing.
+            "stamp.sh": f'#!/bin/bash\necho "$EPOCHREALTIME" > {stamp}\n',
+        }
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        return cls(directory / "true.sh", directory / "sleep.sh", directory / "stamp.sh", stamp)
+
+
+def job_cpu(script: Path, runs: int = 50) -> float:
+    """CPU seconds of bash running ``script`` alone, to tell the job's own cost from the system's."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(runs):
+        subprocess.run(["bash", str(script)], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs
+
+
+def measure_throughput(system: System, scripts: Scripts, size: Size) -> Throughput:
+    """The best of ``throughput_runs`` runs: load from other processes only ever slows a run down."""
+    runs = [scenarios.throughput(system, scripts.trivial, size.throughput_jobs) for _ in range(size.throughput_runs)]
+    return max(runs, key=lambda run: run.rate)
+
+
+def measure_details(system: System, found: SystemResults, scripts: Scripts, size: Size, notes: list[str]) -> None:
+    """Memory while idle, makespan, latency by every submit path the system has, then restarts."""
+    found.pss = scenarios.pss_per_worker(system)
+    found.makespan = scenarios.makespan(system, scripts.sleeper, size.makespan_jobs, size.makespan_sleep)
+    paths: dict[str, tuple[Callable[[], object], int]] = {
+        "python": (lambda: system.submit(scripts.stamper), size.latency_samples),
+        "cli": (scenarios.cli_submitter(system.cli_command(scripts.stamper)), size.cli_samples),
+    }
+    if isinstance(system, ConductorSystem):
+        if system.http is not None:
+            paths["http"] = (lambda: system.submit_http(scripts.stamper), size.latency_samples)
+        else:
+            notes.append(f"HTTP latency not measured: {system.api_problem}.")
+    for path, (submit, samples) in paths.items():
+        found.latency[path] = scenarios.latency(system, submit, scripts.stamp, samples, size.latency_period)
+    found.restart = scenarios.restart(system, size.restarts, size.restart_pause)
+
+
+def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
+    """Measure everything; ``say`` reports progress."""
+    started = time.monotonic()
+    scripts = Scripts.write(workdir / "scripts", size.makespan_sleep)
+    found = {cls.key: SystemResults(cls.label) for cls in SYSTEMS}
+    notes: list[str] = []
+    for workers in size.worker_counts:
+        for cls in SYSTEMS:
+            say(f"{cls.label}, N={workers}: starting")
+            with cls(workdir / f"{cls.key}-{workers}", workers) as system:
+                scenarios.warm_up(system, scripts.trivial, size.warmup_jobs)
+                found[cls.key].throughput[workers] = measure_throughput(system, scripts, size)
+                say(f"{cls.label}, N={workers}: {found[cls.key].throughput[workers].rate:.0f} jobs/s")
+                if workers == size.detail_workers:
+                    measure_details(system, found[cls.key], scripts, size, notes)
+    say("placement cost over 50 fake nodes")
+    placement = placement_costs(workdir / "placement", size.backlogs, size.placement_passes, size.placement_singles)
+    return Results(size, machine.describe(), found, placement, job_cpu(scripts.trivial),
+                   time.monotonic() - started, notes)

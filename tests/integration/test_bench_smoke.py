@@ -1,0 +1,33 @@
+"""The benchmark harness at its tiniest size, so `make bench` cannot rot between real runs.
+
+It checks that a run produces its report and plot with every system in them; it never checks
+a number: on a shared test machine the figures say nothing, and targets are judged by `make bench`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from support import require
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEMS = ("conductor", "seed parent (multiprocessing)", "rq worker-pool", "N x rq worker")
+
+
+def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
+    require("redis-server")
+    out = tmp_path / "docs"
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out),
+                             "--workdir", str(tmp_path / "work")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "BENCHMARKS.md").read_text()
+    for section in ("## Results", "## Targets (issue 7)", "## Placement cost as the backlog grows", "## Machine",
+                    "## Method"):
+        assert section in report
+    for label in SYSTEMS:
+        assert label in report
+    assert "throughput" in report and "latency" in report and "redis-server" in report
+    assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
