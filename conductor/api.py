@@ -102,6 +102,8 @@ class JobView(BaseModel):
     cpus_per_task: int | None
     time_limit: float | None = Field(description="seconds")
     cpu_ids: list[int] = Field(description="the CPUs the job is bound to on its node")
+    requeue: bool = Field(default=False, description="runs again once if its worker dies (sbatch --requeue)")
+    requeued: int = Field(default=0, description="how many times it was queued again")
 
 
 class WorkerView(BaseModel):
@@ -279,7 +281,7 @@ def _strings(value: Any, loc: tuple[str | int, ...]) -> list[tuple[tuple[str | i
         return [(loc, value)]
     if isinstance(value, dict):  # a bad key is reported at its mapping: the key itself cannot be shown
         return [item for key, inner in value.items()
-                for item in _strings(key, loc) + _strings(inner, loc + (_printable(key),))]
+                for item in _strings(key, loc) + _strings(inner, (*loc, _printable(key)))]
     return []
 
 
@@ -328,7 +330,8 @@ def cancel_job(job_id: JobId, ctx: Ctx) -> Cancelled:
         raise HTTPException(404, f"job {job_id} does not exist")
     if answer.startswith("final:"):
         state = answer.split(":", 1)[1]
-        raise HTTPException(409, f"job {job_id} has already ended ({state}); only PENDING or RUNNING jobs can be cancelled")
+        raise HTTPException(409, f"job {job_id} has already ended ({state}); "
+                                 "only PENDING or RUNNING jobs can be cancelled")
     if answer == "cancelled":
         return Cancelled(job_id=job_id, state=JobState.CANCELLED, detail=f"job {job_id} cancelled")
     worker = _job_or_404(ctx, job_id)["worker"]
@@ -496,7 +499,7 @@ class ClientGone(Exception):
 
 
 class Guard:
-    """Token check, then body size limit, before routing or parsing.
+    """Token, body size and body encoding checks, before routing or parsing.
 
     The body is read whole here (it is small by construction) and handed on. It is read even
     when the answer is 401 or "too large": a server that answers and closes while request data
@@ -515,20 +518,18 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        denied = bool(self.token) and scope["path"] not in OPEN_PATHS and not self._authorized(scope)
-        body, too_large = b"", ""
         try:
             body = await self._read_body(scope, receive)
+            problem = _not_utf8(body)
         except BodyTooLarge as error:
-            too_large = str(error)
+            body, problem = b"", {"type": "body_too_large", "loc": ["body"], "msg": str(error)}
         except ClientGone:
             return
-        if denied:
+        if self.token and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
             await _send_json(scope, receive, send, 401, {"detail": self._why_unauthorized(scope)},
                              {"WWW-Authenticate": 'Bearer realm="conductor"'})
-        elif too_large:
-            await _send_json(scope, receive, send, 422, {"detail": [
-                {"type": "body_too_large", "loc": ["body"], "msg": too_large}]})
+        elif problem:
+            await _send_json(scope, receive, send, 422, {"detail": [problem]})
         else:
             await self.app(scope, _replay(body, receive), send)
 
@@ -565,6 +566,16 @@ class Guard:
     def _too_large(self, size: int) -> str:
         return (f"the request body has {size} bytes or more; the API accepts at most {self.max_body} bytes "
                 f"({self.max_body >> 20} MiB), and a job script at most {jobs.MAX_SCRIPT_BYTES} bytes")
+
+
+def _not_utf8(body: bytes) -> dict[str, Any] | None:
+    """JSON between systems is UTF-8 (RFC 8259); anything else would reach FastAPI as an opaque 400."""
+    try:
+        body.decode()
+    except UnicodeDecodeError as error:
+        return {"type": "json_invalid", "loc": ["body", error.start],
+                "msg": f"the body is not UTF-8 text (byte {error.start}): send JSON encoded in UTF-8"}
+    return None
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
