@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from xmlrpc.client import ServerProxy
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
@@ -35,7 +36,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.005) -> T:
+def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.005) -> T:
     """Poll ``predicate`` until it is truthy; a benchmark that hangs must fail loudly instead."""
     deadline = time.monotonic() + timeout
     while True:
@@ -88,7 +89,7 @@ class RedisServer:
     def _answers(self) -> bool:
         try:
             return bool(Redis(port=self.port, socket_connect_timeout=0.2).ping())
-        except Exception:
+        except (RedisError, OSError):
             return False
 
     def client(self, decode: bool = True) -> Redis:
@@ -133,7 +134,7 @@ class Supervisord:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.config), *args],
-                              capture_output=True, text=True, timeout=120)
+                              check=False, capture_output=True, text=True, timeout=120)
 
     def processes(self) -> list[dict[str, Any]]:
         """supervisord's view of its programs (name, statename, pid, ...), over its XML-RPC API."""

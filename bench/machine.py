@@ -27,7 +27,7 @@ def _memory() -> str:
 
 def _command_version(command: list[str], pattern: str) -> str:
     try:
-        output = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+        output = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30).stdout
     except OSError:
         return "not installed"
     match = re.search(pattern, output)
@@ -36,7 +36,7 @@ def _command_version(command: list[str], pattern: str) -> str:
 
 def _git_revision() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        return subprocess.run(["git", *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
 
     revision = git("rev-parse", "--short", "HEAD") or "unknown"
     return revision + (" (with uncommitted changes)" if git("status", "--porcelain", "--", "conductor") else "")

@@ -52,7 +52,7 @@ class Cluster:
     def _record_template(self) -> list[str]:
         """The fields ``jobs.submit`` stores, learnt from one real submission (which stays in the backlog)."""
         job_id = jobs.submit(self.connection, JobSubmission(job=JobSpec(name="backlog"), script="true\n"))
-        record = self.connection.hgetall(keys.job(job_id))
+        record: dict[str, str] = self.connection.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return [item for name, value in record.items() if name not in ("id", "state", "submitted_at")
                 for item in (name, value)]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt  # after choosing the backend
 
-from .placement_cost import NODES, SLOTS  # noqa: E402
-from .run import Results  # noqa: E402
-from .scenarios import percentile  # noqa: E402
+from .placement_cost import NODES, SLOTS
+from .run import Results
+from .scenarios import percentile
 
 CONDUCTOR = "conductor"
 THROUGHPUT_TARGET = 1.5  # x rq worker-pool at the same N
@@ -95,6 +95,11 @@ def cpu_rows(results: Results) -> list[Row]:
             for title, part in parts]
 
 
+def _cell(row: Row, key: str) -> str:
+    value = row.values.get(key)
+    return "—" if value is None else row.show(value)
+
+
 def table(results: Results) -> str:
     keys = list(results.systems)
     baselines = keys[1:]
@@ -102,16 +107,16 @@ def table(results: Results) -> str:
               *(f"conductor vs {results.systems[k].label}" for k in baselines)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows(results):
-        cells = [row.figure, row.target] + [row.show(row.values[k]) if row.values.get(k) is not None else "—"
-                                            for k in keys]
+        cells = [row.figure, row.target] + [_cell(row, k) for k in keys]
         cells += [_advantage(row, k) for k in baselines]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def placement_table(results: Results) -> str:
-    lines = [f"| PENDING backlog | fill every free slot ({NODES * SLOTS} jobs): µs per job | of which Lua in Redis "
-             "| one slot freed, one job placed: µs | of which Lua in Redis |", "|---|---|---|---|---|"]
+    header = (f"| PENDING backlog | fill every free slot ({NODES * SLOTS} jobs): µs per job | of which Lua in Redis "
+              "| one slot freed, one job placed: µs | of which Lua in Redis |")
+    lines = [header, "|---|---|---|---|---|"]
     for cost in results.placement:
         lines.append(f"| {cost.backlog:,} | {cost.full_us:.0f} | {cost.full_lua_us:.0f} | {cost.single_us:.0f} "
                      f"| {cost.single_lua_us:.0f} |")
@@ -292,7 +297,8 @@ def _latency_axis(axis: plt.Axes, results: Results, keys: list[str], labels: lis
 
 def _makespan_axis(axis: plt.Axes, results: Results, keys: list[str], labels: list[str],
                    colours: list[str]) -> None:
-    values = [results.systems[k].makespan.ratio if results.systems[k].makespan else 0 for k in keys]
+    spans = [results.systems[k].makespan for k in keys]
+    values = [span.ratio if span else 0.0 for span in spans]
     axis.bar(range(len(keys)), values, color=colours)
     axis.axhline(MAKESPAN_TARGET, color="tab:red", linestyle=":", linewidth=1, label="target (ideal + 5%)")
     axis.set_ylim(0.9, max(values + [MAKESPAN_TARGET]) * 1.02)

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from . import procstat
@@ -121,10 +122,14 @@ def latency(system: System, submit: Callable[[], object], stamp: Path, samples: 
         start = time.time()
         submit()
         began = wait_until(lambda: read_stamp(stamp), 60, f"a latency job on {system.label} to start")
-        wait_until(lambda: system.settled() > before, 60, f"a latency job on {system.label} to end")
+        wait_until(partial(settled_beyond, system, before), 60, f"a latency job on {system.label} to end")
         found.append(began - start)
         time.sleep(max(start + period - time.time(), 0))
     return found
+
+
+def settled_beyond(system: System, count: int) -> bool:
+    return system.settled() > count
 
 
 def cli_submitter(command: list[str]) -> Callable[[], object]:
@@ -136,6 +141,11 @@ def cli_submitter(command: list[str]) -> Callable[[], object]:
 def pss_per_worker(system: System) -> float:
     """PSS bytes of the system's processes (a pool's or parent's included) per worker, while idle."""
     return sum(procstat.pss_bytes(pid) for pid in system.processes()) / system.workers
+
+
+def newcomers(system: System, known: dict[int, float]) -> dict[int, float]:
+    """Registered RQ workers that were not there before: pid -> registration time."""
+    return {pid: birth for pid, birth in system.rq_workers().items() if pid not in known}
 
 
 @dataclass(frozen=True)
@@ -152,8 +162,7 @@ def restart(system: System, kills: int, pause: float) -> list[Restart]:
         victim = min(before)
         start, boot_clock = time.time(), procstat.uptime()
         os.kill(victim, signal.SIGKILL)
-        fresh = wait_until(lambda: {pid: birth for pid, birth in system.rq_workers().items() if pid not in before},
-                           60, f"a replacement worker on {system.label}")
+        fresh = wait_until(partial(newcomers, system, before), 60, f"a replacement worker on {system.label}")
         pid, birth = min(fresh.items(), key=lambda item: item[1])
         found.append(Restart(birth - start, max(procstat.started(pid) - boot_clock, 0.0)))
         wait_until(lambda: len(system.rq_workers()) >= system.workers and system.supervisor.all_running(), 60,

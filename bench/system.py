@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from . import procstat
 from .infra import RedisServer, Supervisord, wait_until
@@ -38,7 +38,7 @@ class System(ABC):
         self.redis = RedisServer(root / "redis")
         self.supervisor = Supervisord(root / "supervisor")
 
-    def __enter__(self) -> System:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -28,6 +28,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 log = logging.getLogger("scns.worker")
@@ -84,7 +85,7 @@ class Heartbeat(threading.Thread):
                 self.connection.hset(self.key, mapping={
                     "last_heartbeat": f"{time.time():.6f}", "state": "busy" if job else "idle", "job": job or ""})
                 self.connection.expire(self.key, int(self.config.heartbeat_ttl))
-            except Exception as error:  # keep beating through a Redis hiccup
+            except (RedisError, OSError) as error:  # keep beating through a Redis hiccup
                 log.error("heartbeat failed: %s", error)
 
 
@@ -129,7 +130,7 @@ def run_worker(config: Config, index: int) -> int:
     connection = Redis.from_url(config.redis_url)
     try:
         connection.ping()
-    except Exception as error:
+    except (RedisError, OSError) as error:
         log.error("Redis does not answer: %s", error)
         return 1
     name = f"{config.node_name}-{index}"
