@@ -148,7 +148,7 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
             "environment": dict(_pair(item) for item in environment),
             "requeue": requeue,
         },
-        "script": script.read(),
+        "script": _read_script(script),
     }
     try:
         submission = JobSubmission.model_validate(body)
@@ -158,6 +158,13 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
     job_id = jobs.submit(connection, submission)
     placement.place(connection, rq_connection)
     click.echo(job_id)
+
+
+def _read_script(script: Any) -> str:
+    try:
+        return script.read()
+    except UnicodeDecodeError as error:
+        raise Failure(f"{script.name}: the script is not UTF-8 text ({error.reason} at byte {error.start})", 2) from None
 
 
 def _pair(item: str) -> tuple[str, str]:

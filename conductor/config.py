@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from loguru import logger
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -68,7 +67,10 @@ def parse_properties(path: Path) -> dict[str, tuple[str, int]]:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot be read: {error}") from None
     values: dict[str, tuple[str, int]] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: splitlines() would also break at form feeds or U+2028 and could
+    # turn a commented-out setting into a live one.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         line = re.split(r"\s#", raw, maxsplit=1)[0].strip()
         if not line or line.startswith("#"):
             continue
@@ -199,14 +201,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{str(value)!r} must be an absolute path")
         return value
 
-    @model_validator(mode="after")
-    def _heartbeat_order(self) -> Settings:
-        if self.heartbeat_ttl <= self.heartbeat_interval:
-            raise ValueError(
-                f"HEARTBEAT_TTL ({self.heartbeat_ttl:g}) must be greater than "
-                f"HEARTBEAT_INTERVAL ({self.heartbeat_interval:g})"
-            )
-        return self
+    @field_validator("heartbeat_ttl")
+    @classmethod
+    def _heartbeat_order(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("heartbeat_interval")
+        if interval is not None and value <= interval:
+            raise ValueError(f"must be greater than HEARTBEAT_INTERVAL ({interval:g})")
+        return value
+
+    @field_validator("log_file", "job_root", "install_prefix")
+    @classmethod
+    def _no_nul(cls, value: Path | None) -> Path | None:
+        if value is not None and "\x00" in str(value):
+            raise ValueError("must not contain a NUL byte")
+        return value
 
     @property
     def queue_name(self) -> str:
@@ -282,8 +290,6 @@ def load_settings(explicit: Path | None = None, **overrides: Any) -> Settings:
     finally:
         _config_path.reset(token)
     settings._source = path
-    for warning in settings.warnings():
-        logger.warning(warning)
     return settings
 
 

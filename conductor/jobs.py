@@ -19,7 +19,7 @@ from . import keys, scripts
 from .units import parse_memory, parse_time_limit
 
 MAX_SCRIPT_BYTES = 1 << 20
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")  # no C0/C1 controls, no line breaks
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -8,6 +8,7 @@ untouched so that supervisord, systemd and Ansible see no change where there is 
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ class Exporter:
             lstrip_blocks=True,
             autoescape=False,
         )
+        self.env.filters["supervisor_arg"] = supervisor_arg
 
     def context(self) -> dict[str, object]:
         settings = self.settings
@@ -48,6 +50,12 @@ class Exporter:
 
     def _render(self, template: str) -> str:
         return self.env.get_template(f"{self.target}/{template}").render(self.context())
+
+
+def supervisor_arg(value: object) -> str:
+    """One argument of a supervisord ``command=``: shell-quoted (it splits with shlex) and with
+    ``%`` doubled (it expands ``%(name)s`` first), so paths with spaces or ``%`` survive."""
+    return shlex.quote(str(value)).replace("%", "%%")
 
 
 class Supervisord(Exporter):

@@ -7,27 +7,34 @@ same spellings are accepted here so that scripts and habits carry over unchanged
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
 _MEMORY_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+MAX_BYTES = 1 << 53  # Lua in Redis counts in doubles: exact up to 2**53
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
-def parse_memory(text: str | int) -> int:
+def parse_memory(text: str | int | float) -> int:
     """Bytes in ``text``: a plain byte count or a number with K/M/G/T/P (powers of 1024, as Slurm)."""
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ValueError("expected a size such as 512M or 8G")
+    if isinstance(text, float):
+        if not text.is_integer():
+            raise ValueError(f"{text!r} is not a whole number of bytes")
+        text = int(text)
     if isinstance(text, int):
-        if text < 0:
-            raise ValueError("must not be negative")
-        return text
-    match = _MEMORY.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a size; use a number with K, M, G or T, such as 512M or 8G")
-    number, unit = match.groups()
-    value = int(float(number) * _MEMORY_FACTORS[unit.upper()])
-    if value > 1 << 53:  # Lua in Redis counts in doubles: exact up to 2**53
-        raise ValueError(f"{text!r} is larger than any node")
+        value = text
+    else:
+        match = _MEMORY.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a size; use a number with K, M, G or T, such as 512M or 8G")
+        number, unit = match.groups()
+        value = int(Decimal(number) * _MEMORY_FACTORS[unit.upper()])
+    if value < 0:
+        raise ValueError("must not be negative")
+    if value > MAX_BYTES:
+        raise ValueError(f"{text!r} is larger than any node (at most {MAX_BYTES} bytes)")
     return value
 
 

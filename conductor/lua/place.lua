@@ -7,9 +7,11 @@ local open_slots = 0
 for _, name in ipairs(redis.call('SMEMBERS', NODES)) do
   local slots = redis.call('SCARD', node_workers_key(name)) - redis.call('SCARD', running_key(name))
   if slots > 0 then
-    local n = redis.call('HMGET', node_key(name), 'total_memory', 'allocated_memory')
-    table.insert(candidates, {name = name, slots = slots,
-      cpus = redis.call('ZCARD', free_cpus_key(name)),
+    local n = redis.call('HMGET', node_key(name), 'total_memory', 'allocated_memory', 'total_cpus', 'allocated_cpus')
+    -- After TOTAL_CPUS was lowered, running jobs may hold more than the new total: the
+    -- difference, not the free-id set alone, bounds what may be allocated.
+    local cpus = math.min(redis.call('ZCARD', free_cpus_key(name)), tonumber(n[3] or 0) - tonumber(n[4] or 0))
+    table.insert(candidates, {name = name, slots = slots, cpus = cpus,
       memory = tonumber(n[1] or 0) - tonumber(n[2] or 0)})
     open_slots = open_slots + slots
   end

@@ -151,8 +151,6 @@ def test_submit_of_a_missing_script_file_exits_2(make_node, tmp_path):
     assert node.redis.client().zcard(keys.JOBS) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli.submit reads the script with click.File('r') and lets "
-                                        "UnicodeDecodeError escape: a traceback and exit 1 instead of exit 2")
 def test_submit_of_a_script_that_is_not_utf8_exits_2_with_a_message(make_node, tmp_path):
     node = make_node("node-a")
     declare(node)

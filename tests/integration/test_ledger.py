@@ -509,7 +509,8 @@ def test_reap_requeues_unclaimed_jobs_when_the_node_has_no_worker_left(ledger):
     ledger.place()
     ledger.claim(claimed, "node-a-1")
     assert ledger.kill("node-a-2") == []
-    assert ledger.job(unclaimed)["state"] == "RUNNING"  # node-a-1 is alive and will take it
+    # One worker left, busy with the claimed job: the unclaimed one gives way until a worker is free.
+    assert ledger.job(unclaimed)["state"] == "PENDING"
     assert ledger.kill("node-a-1") == [claimed]
     assert ledger.job(claimed)["state"] == "NODE_FAIL"
     view = ledger.job(unclaimed)
@@ -523,9 +524,6 @@ def test_reap_requeues_unclaimed_jobs_when_the_node_has_no_worker_left(ledger):
     assert ledger.claim(unclaimed, "node-a-1")[0] == "run"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reap.lua returns unclaimed jobs to PENDING only when the node has "
-                                        "no worker left; with fewer workers than RUNNING jobs the surplus stays "
-                                        "RUNNING, holding CPUs, with no free worker to run it")
 def test_reap_leaves_no_more_running_jobs_than_workers(ledger):
     ledger.node("node-a", cpus=8, workers=2)
     claimed, unclaimed = ledger.submit(cpus=2), ledger.submit(cpus=2)
@@ -574,9 +572,6 @@ def test_node_up_heals_books_that_drifted(ledger):
     ledger.assert_consistent()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after TOTAL_CPUS shrinks below CPU ids still held, node_up puts "
-                                        "0..total-1 in the free set although allocated_cpus already equals the "
-                                        "total; place.lua sizes capacity by ZCARD(free) and over-allocates")
 def test_node_up_with_fewer_cpus_never_over_allocates(ledger):
     settings = ledger.node("node-a", cpus=8, workers=3)
     low, high = ledger.submit(cpus=4), ledger.submit(cpus=4)

@@ -225,9 +225,6 @@ def test_supervisord_accepts_the_file_with_the_intended_commands(tmp_path):
         assert program.autorestart.__name__ == "RestartUnconditionally"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the template writes paths unquoted and unescaped: supervisord "
-                                        "splits a config path with a space into two arguments and rejects a '%' "
-                                        "as a bad format string; quote with shlex.quote and double '%'")
 @pytest.mark.parametrize("folder", ["my configs", "100%"])
 def test_supervisord_gets_the_right_argv_for_a_config_path_with_a_space_or_percent(tmp_path, folder):
     settings = settings_for(tmp_path / folder, WORKER_CONCURRENCY=1)

@@ -61,8 +61,6 @@ def test_parse_memory_rejects_sizes_beyond_exact_double_precision():
         parse_memory("9P")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a size with hundreds of digits overflows float() and raises "
-                                        "OverflowError instead of ValueError")
 def test_parse_memory_rejects_an_absurdly_long_number_with_value_error():
     with pytest.raises(ValueError):
         parse_memory("9" * 400)
