@@ -114,7 +114,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Ap
 
 @pytest.fixture(autouse=True)
 def checked(request: pytest.FixtureRequest) -> Iterator[None]:
-    if "cluster" not in request.fixturenames:
+    if "cluster" not in request.fixturenames or request.node.get_closest_marker("xfail"):
         yield
         return
     _, open_api, guarded = request.getfixturevalue("cluster")
@@ -288,10 +288,18 @@ BAD_BODIES = {
     "newline in name": ({"job": {"name": "a\nb"}, "script": "true"}, ["body", "job", "name"]),
     "bad time limit": ({"job": {"time_limit": "soon"}, "script": "true"}, ["body", "job", "time_limit"]),
     "not an object": ([1, 2], ["body"]),
+    "memory as a fraction": ({"job": {"memory_per_node": 1.5}, "script": "true"}, ["body", "job", "memory_per_node"]),
+    "time limit as a list": ({"job": {"time_limit": []}, "script": "true"}, ["body", "job", "time_limit"]),
+}
+KNOWN_BUGS = {
+    "time limit as a list": "BUG: units.parse_time_limit calls .strip() on any non-number (AttributeError), "
+                            "so a JSON list or object for time_limit is a 500 instead of a 422",
 }
 
 
-@pytest.mark.parametrize("case", BAD_BODIES, ids=list(BAD_BODIES))
+@pytest.mark.parametrize("case", [
+    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[case])) if case in KNOWN_BUGS else case
+    for case in BAD_BODIES], ids=list(BAD_BODIES))
 def test_bad_bodies_get_422_naming_the_field_and_store_nothing(cluster, case: str) -> None:
     node, api = cluster[0], cluster[1]
     body, loc = BAD_BODIES[case]
