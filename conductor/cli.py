@@ -258,12 +258,17 @@ def _nodes_table(rows: list[dict[str, Any]]) -> str:
 def watch(settings: Settings, job_ids: tuple[int, ...], interval: float) -> None:
     """Show jobs and nodes live until the given jobs (default: all running and pending) have ended."""
     connection = connect(settings.redis_url)
+    shown = ""
     while True:
         rows = [j for j in (jobs.get(connection, i) for i in job_ids) if j] if job_ids else (
             jobs.list_jobs(connection, JobState.RUNNING) + jobs.list_jobs(connection, JobState.PENDING))
-        screen = [time.strftime("%H:%M:%S"), _jobs_table(rows), "", _nodes_table(resources.nodes(connection))]
-        click.clear() if sys.stdout.isatty() else click.echo("")
-        click.echo("\n".join(screen))
+        screen = "\n".join([_jobs_table(rows), "", _nodes_table(resources.nodes(connection))])
+        if sys.stdout.isatty():
+            click.clear()
+            click.echo(f"{time.strftime('%H:%M:%S')}\n{screen}")
+        elif screen != shown:  # a log or a pipe gets each change once
+            click.echo(f"{time.strftime('%H:%M:%S')}\n{screen}\n")
+        shown = screen
         if all(JobState(j["state"]).final for j in rows):
             return
         time.sleep(interval)

@@ -49,10 +49,13 @@ def format_memory(size: int) -> str:
 
 def parse_time_limit(text: str | int | float) -> float:
     """Seconds in a Slurm time limit: minutes as a number, or ``[D-]HH:MM:SS`` / ``MM:SS`` / ``D-HH``."""
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ValueError("expected minutes or [D-]HH:MM:SS")
     if isinstance(text, int | float):
-        seconds = float(text) * 60
+        try:
+            seconds = float(text) * 60
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError("must be more than 0 and at most 366 days") from None
     else:
         stripped = text.strip()
         try:

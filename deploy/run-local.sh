@@ -119,14 +119,40 @@ print(sum(n["workers"] for n in json.load(sys.stdin) if n["name"] == name))' "$(
 }
 
 demo() {
-    echo "run-local: submitting the seed's four demonstration jobs (4 CPUs, 8G, 10 s each)"
-    local ids=()
-    for i in 1 2 3 4; do
-        ids+=("$(printf '#!/bin/bash\necho "Job %s is running on $SLURMD_NODENAME, CPUs $CONDUCTOR_CPU_IDS"\nsleep 10\n' "$i" |
-            "$BIN/conductor" submit --config "$CONFIG" --account test --name "concurrent-job-$i" \
-                --partition compute-high-mem --ntasks-per-node 1 --cpus-per-task 4 --mem 8G -)")
-    done
+    local ids=() api auth=() token
+    api="http://$(setting API_HOST):$(setting API_PORT)"
+    # `conductor check` masks the token; read it where it is set (environment, then the file).
+    token=${API_TOKEN:-$(sed -n 's/^API_TOKEN=//p' "$CONFIG")}
+    [[ -n $token ]] && auth=(-H "Authorization: Bearer $token")
+    if [[ $(setting API_ENABLED) == true ]]; then
+        wait_for_api "$api"
+        echo "run-local: submitting the seed's four demonstration jobs through $api (4 CPUs, 8G, 10 s each)"
+        for i in 1 2 3 4; do
+            ids+=("$(curl -sS -X POST "$api/api/v1/jobs/submit" -H "Content-Type: application/json" \
+                "${auth[@]}" \
+                -d '{"job": {"account": "test", "name": "concurrent-job-'$i'", "partition": "compute-high-mem",
+                             "ntasks_per_node": 1, "cpus_per_task": 4, "memory_per_node": "8G"},
+                     "script": "#!/bin/bash\necho \"Job '$i' is running\"\nsleep 10"}' |
+                "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')")
+        done
+    else
+        echo "run-local: submitting the seed's four demonstration jobs (4 CPUs, 8G, 10 s each)"
+        for i in 1 2 3 4; do
+            ids+=("$(printf '#!/bin/bash\necho "Job %s is running"\nsleep 10\n' "$i" |
+                "$BIN/conductor" submit --config "$CONFIG" --account test --name "concurrent-job-$i" \
+                    --partition compute-high-mem --ntasks-per-node 1 --cpus-per-task 4 --mem 8G -)")
+        done
+    fi
     "$BIN/conductor" watch --config "$CONFIG" "${ids[@]}"
+}
+
+wait_for_api() {
+    for _ in $(seq 150); do
+        curl -sf "$1/healthz" >/dev/null 2>&1 && return
+        sleep 0.2
+    done
+    echo "run-local: the API at $1 does not answer; see run/log/" >&2
+    exit 1
 }
 
 case ${1:-start} in

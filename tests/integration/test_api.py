@@ -291,10 +291,7 @@ BAD_BODIES = {
     "memory as a fraction": ({"job": {"memory_per_node": 1.5}, "script": "true"}, ["body", "job", "memory_per_node"]),
     "time limit as a list": ({"job": {"time_limit": []}, "script": "true"}, ["body", "job", "time_limit"]),
 }
-KNOWN_BUGS = {
-    "time limit as a list": "BUG: units.parse_time_limit calls .strip() on any non-number (AttributeError), "
-                            "so a JSON list or object for time_limit is a 500 instead of a 422",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [
