@@ -205,8 +205,10 @@ class Runner:
     def _announce_exit(self, process: subprocess.Popen[bytes], control: str) -> None:
         process.wait()
         try:
-            self.connection.rpush(control, "exit")
-            self.connection.expire(control, 60)  # if the job was settled first
+            with self.connection.pipeline() as pipe:
+                pipe.rpush(control, "exit")
+                pipe.expire(control, 60)  # if the job was settled first
+                pipe.execute()
         except UNREACHABLE as error:  # the waiting loop notices the exit by itself within a second
             logger.debug("could not announce the end of {}: {}", control, error)
 

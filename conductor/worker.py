@@ -16,6 +16,7 @@ from types import FrameType
 
 from loguru import logger
 from redis import Redis
+from redis.client import Pipeline
 from rq.worker import SimpleWorker
 
 from . import keys, placement, registry, resources, scripts
@@ -56,6 +57,30 @@ class ConductorRQWorker(SimpleWorker):
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
         logger.warning("second stop signal: stopping now, the current job ends NODE_FAIL")
         raise SystemExit(1)
+
+    # RQ refreshes its worker record several times per job, each a separate round trip; for
+    # trivial jobs that is most of Redis's work. One pipeline per refresh, none when the last
+    # one is under a second old and asked no shorter expiry, and no rewrite of an unchanged
+    # state keep what `rq info` shows while cutting the per-job cost.
+    _last_beat: tuple[float, int] = (0.0, 0)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        ttl = timeout or self.worker_ttl + 60
+        at, last_ttl = self._last_beat
+        if time.monotonic() - at < 1.0 and ttl <= last_ttl:
+            return None
+        with self.connection.pipeline() as pipe:
+            super().heartbeat(ttl, pipe)
+            pipe.execute()
+        self._last_beat = (time.monotonic(), ttl)
+        return None
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline)
 
 
 @dataclass

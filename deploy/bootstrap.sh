@@ -30,5 +30,5 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[api,test]'
+.venv/bin/python -m pip install --quiet -e '.[api,test,bench]'
 touch .venv/.installed
