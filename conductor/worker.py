@@ -17,7 +17,7 @@ from types import FrameType
 from loguru import logger
 from redis import Redis
 from redis.client import Pipeline
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, WorkerStatus
 
 from . import keys, placement, registry, resources, scripts
 from .config import Settings
@@ -47,12 +47,17 @@ class ConductorRQWorker(SimpleWorker):
     """
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        job = self.get_current_job_id()
-        if job:
-            logger.info("stop requested: finishing the current job first (signal again to stop now)")
-        else:
-            logger.info("stop requested")
+        # Local state only: a signal handler must not need Redis, or a stop during an outage is lost.
+        busy = self.get_state() == WorkerStatus.BUSY
+        logger.info("stop requested: finishing the current job first (signal again to stop now)"
+                    if busy else "stop requested")
         super().request_stop(signum, frame)
+
+    def set_shutdown_requested_date(self) -> None:
+        try:
+            super().set_shutdown_requested_date()
+        except UNREACHABLE as error:  # called from the signal handler: the stop itself must hold
+            logger.warning("could not record the stop request in Redis ({}); stopping after the job anyway", error)
 
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
         logger.warning("second stop signal: stopping now, the current job ends NODE_FAIL")

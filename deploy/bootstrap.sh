@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # systemd (systemd-analyze), systemd-container and debootstrap: the tests boot real systemd hosts.
-PACKAGES=(redis-server redis-tools supervisor python3-venv curl openssl systemd systemd-container debootstrap)
+PACKAGES=(redis-server redis-tools supervisor python3-venv curl openssl systemd systemd-container debootstrap openssh-client)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -76,3 +77,24 @@ def test_a_full_job_root_fails_the_job_with_a_clear_reason_and_nothing_half_writ
     finally:
         node.stop()
         subprocess.run(["umount", "-l", str(job_root)], check=True)
+
+
+@pytest.mark.reliability("fault: SIGTERM to a busy worker while Redis is down")
+def test_a_stop_requested_during_a_redis_outage_is_not_lost(tmp_path, aof_redis):
+    from support import Node
+
+    node = Node(tmp_path, aof_redis, WORKER_CONCURRENCY=1)
+    try:
+        worker = node.start_worker(1)
+        release = tmp_path / "go"
+        job_id = node.submit(f"#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\n")
+        wait_until(lambda: node.job(job_id)["worker"], what="the job to be claimed")
+        aof_redis.stop()
+        worker.signal(signal.SIGTERM)
+        wait_until(lambda: "stop requested" in worker.output(), what="the stop to be noted")
+        release.touch()
+        aof_redis.start()
+        assert worker.wait(timeout=60) == 0
+        assert node.job(job_id)["state"] == "COMPLETED"
+    finally:
+        node.stop()
