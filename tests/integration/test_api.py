@@ -297,6 +297,7 @@ KNOWN_BUGS: dict[str, str] = {}
 @pytest.mark.parametrize("case", [
     pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[case])) if case in KNOWN_BUGS else case
     for case in BAD_BODIES], ids=list(BAD_BODIES))
+@pytest.mark.reliability("bad input: malformed HTTP job bodies (422, nothing stored)")
 def test_bad_bodies_get_422_naming_the_field_and_store_nothing(cluster, case: str) -> None:
     node, api = cluster[0], cluster[1]
     body, loc = BAD_BODIES[case]
@@ -307,6 +308,7 @@ def test_bad_bodies_get_422_naming_the_field_and_store_nothing(cluster, case: st
     assert stored(node) == before
 
 
+@pytest.mark.reliability("bad input: oversized, non-UTF-8 and malformed HTTP bodies")
 def test_oversized_undecodable_and_malformed_bodies_get_422(cluster) -> None:
     node, api = cluster[0], cluster[1]
     before = stored(node)
@@ -353,6 +355,7 @@ def test_jobs_are_listed_newest_first_and_paged(api: Api, tmp_path: Path) -> Non
 GUARDED = ("/readyz", "/metrics", "/openapi.json", "/api/v1/jobs", "/api/v1/nodes", "/api/v1/workers")
 
 
+@pytest.mark.reliability("security: API bearer token")
 def test_token_is_required_everywhere_but_healthz(cluster) -> None:
     node, guarded = cluster[0], cluster[2]
     bare = httpx.Client(base_url=guarded.url, timeout=30)

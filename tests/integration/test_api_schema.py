@@ -87,6 +87,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
             yield server
 
 
+@pytest.mark.reliability("bad input: schemathesis against the OpenAPI document")
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(api: ApiProcess, tmp_path: Path) -> None:
     """The command a user would run against the live document, as a test: exit status 0 or the report."""
     config = tmp_path / "schemathesis.toml"

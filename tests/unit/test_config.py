@@ -328,6 +328,7 @@ _FILES = st.one_of(
 )
 
 
+@pytest.mark.reliability("bad input: random app.properties files", cases=300)
 @settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=_FILES)
