@@ -68,7 +68,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     marker = item.get_closest_marker("reliability")
     if marker is not None:
         kind = marker.args[0]
-        name = item.nodeid.split("::", 1)[1]
+        name = item.nodeid.split("::", 1)[1].split("[", 1)[0]  # parametrized cases add up
         outcome.get_result().reliability = (kind, name, int(marker.kwargs.get("cases", 1)))
 
 
