@@ -163,7 +163,11 @@ class Cluster:
             os.killpg(process.pid, 9)
             process.wait()
             raise AssertionError(f"ansible-playbook did not finish within {timeout} s; log {log}:\n"
-                                 + "\n".join(log.read_text().splitlines()[-60:]))
+                                 + "\n".join(log.read_text().splitlines()[-60:])) from None
+        except BaseException:  # interrupted: the playbook runs in its own session, stop it too
+            os.killpg(process.pid, 9)
+            process.wait()
+            raise
         if process.returncode != 0:
             with open(log, "a") as handle:
                 handle.write(self.diagnostics())
@@ -409,6 +413,12 @@ def test_rolling_upgrade_lets_running_jobs_finish(cluster: Cluster) -> None:
     installed = cluster.host(first).run("/opt/conductor/bin/python", "-c",
                                         "import conductor, pathlib; print(pathlib.Path(conductor.__file__).read_text())")
     assert marker in installed.stdout
+    # The new code went into a release of its own (the draining workers kept the old one's files);
+    # once every worker runs the new one, the old release is gone.
+    for host in cluster.hosts:
+        current = host.run("readlink", "-f", "/opt/conductor").stdout.strip()
+        releases = host.run("ls", "/opt/conductor-releases").stdout.split()
+        assert [f"/opt/conductor-releases/{name}" for name in releases] == [current], (host.name, current, releases)
     # Batches in inventory order (serial): the first host's workers restarted, then the second host's.
     blocks = run.output.split("RUNNING HANDLER [conductor : Restart the running worker instances]")[1:]
     assert len(blocks) == 2, run.tail(200)
