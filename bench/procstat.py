@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +44,18 @@ def cpu_times(pid: int) -> CpuTimes:
 
 
 def total_cpu(pids: list[int]) -> CpuTimes:
-    """The sum of :func:`cpu_times` over ``pids``."""
+    """The sum of :func:`cpu_times` over ``pids``.
+
+    A process that has gone (a baseline's worker that died and was replaced) is reported on
+    stderr and left out, rather than failing the whole run: its CPU is lost to the figure.
+    """
     total = ZERO
     for pid in pids:
-        total = total + cpu_times(pid)
+        try:
+            total = total + cpu_times(pid)
+        except FileNotFoundError:
+            print(f"[bench] process {pid} ended during the measurement; its CPU time is not counted",
+                  file=sys.stderr)
     return total
 
 
