@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: run stop status reload test bench soak wheelhouse clean
+.PHONY: run stop status reload test bench soak wheelhouse deploy verify clean
 
 $(READY): pyproject.toml deploy/bootstrap.sh
 	deploy/bootstrap.sh
@@ -33,6 +33,14 @@ soak: $(READY)  ## the chaos soak at full size: 2,000 jobs, workers killed at ra
 
 wheelhouse: $(READY)  ## wheels of conductor and every dependency, for nodes without a package index
 	deploy/wheelhouse.sh wheelhouse
+
+INVENTORY ?= ansible/inventory/example.ini
+
+deploy: $(READY)  ## ansible-playbook ansible/deploy.yml against INVENTORY
+	PATH=$(CURDIR)/$(BIN):$$PATH ANSIBLE_CONFIG=ansible/ansible.cfg ansible-playbook -i $(INVENTORY) ansible/deploy.yml
+
+verify: $(READY)  ## testinfra checks of the nodes of INVENTORY
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest tests/infra --hosts='ansible://compute' --ansible-inventory=$(INVENTORY)
 
 clean: stop
 	rm -rf run supervisord.conf

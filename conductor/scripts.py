@@ -38,3 +38,11 @@ def script(connection: Redis, name: str) -> Script:
 def run(connection: Redis, name: str, *args: object) -> object:
     """Run script ``name`` with ``args`` as ARGV."""
     return script(connection, name)(args=list(args))
+
+
+def load_all(connection: Redis) -> None:
+    """Read every script now, at start: a worker that is draining during an in-place upgrade
+    must keep running the scripts of its own version, not read newer ones from disk."""
+    for path in sorted((files("conductor") / "lua").iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".lua") and path.name != "prelude.lua":
+            script(connection, path.name.removesuffix(".lua"))

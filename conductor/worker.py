@@ -172,6 +172,7 @@ def run(settings: Settings, index: int) -> int:
             f"({settings.service_user}), or set ALLOW_ROOT_JOBS=true for development", EXIT_ROOT)
     connection = connect(settings.redis_url)
     rq_connection = connect(settings.redis_url, decode=False)
+    scripts.load_all(connection)
     try:
         connection.ping()
     except UNREACHABLE as error:
