@@ -195,6 +195,11 @@ def test_without_a_file_the_programs_read_the_etc_config(monkeypatch):
     assert parser["program:conductor-worker-1"]["command"].endswith("--config /etc/conductor/app.properties")
 
 
+# supervisord refuses a program whose user= does not exist on the machine; a fresh test machine
+# has no `conductor` user yet, so its own parser is given one that every Debian system has.
+EXISTING_USER = "nobody"
+
+
 def supervisor_programs(conf_d_file: Path, directory: Path) -> dict[str, object]:
     """What supervisord itself makes of the rendered file (its own config parser, nothing started)."""
     from supervisor.options import ServerOptions
@@ -212,7 +217,7 @@ def supervisor_programs(conf_d_file: Path, directory: Path) -> dict[str, object]
 
 def test_supervisord_accepts_the_file_with_the_intended_commands(tmp_path):
     settings = settings_for(tmp_path / "conf", WORKER_CONCURRENCY=3, API_ENABLED=True, WORKER_STOP_TIMEOUT=77,
-                            SERVICE_USER="conductor")
+                            SERVICE_USER=EXISTING_USER)
     out = tmp_path / "out"
     render.write(render.Supervisord(settings).files(), out)
     programs = supervisor_programs(out / "conductor.conf", tmp_path)
@@ -227,7 +232,7 @@ def test_supervisord_accepts_the_file_with_the_intended_commands(tmp_path):
 
 @pytest.mark.parametrize("folder", ["my configs", "100%"])
 def test_supervisord_gets_the_right_argv_for_a_config_path_with_a_space_or_percent(tmp_path, folder):
-    settings = settings_for(tmp_path / folder, WORKER_CONCURRENCY=1)
+    settings = settings_for(tmp_path / folder, WORKER_CONCURRENCY=1, SERVICE_USER=EXISTING_USER)
     out = tmp_path / "out"
     render.write(render.Supervisord(settings).files(), out)
     program = supervisor_programs(out / "conductor.conf", tmp_path)["conductor-worker-1"]
