@@ -12,10 +12,12 @@ JOBS = PREFIX + "jobs"  # sorted set of every job id, score = id
 NODES = PREFIX + "nodes"  # set of node names that ever registered
 WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
 MAINTENANCE = PREFIX + "maintenance"  # short lease: one worker per heartbeat interval reaps and places
+PENDING_CLASSES = PREFIX + "pending-classes"  # set of "<cpus>:<memory>" classes with placeable pending jobs
 
 JOB_PREFIX = PREFIX + "job:"
 STATE_PREFIX = PREFIX + "state:"
 NODE_PREFIX = PREFIX + "node:"
+PENDING_CLASS_PREFIX = PREFIX + "pending:"
 WORKER_PREFIX = "worker:"
 
 
@@ -32,6 +34,16 @@ def job_control(job_id: int | str) -> str:
 def state(name: str) -> str:
     """Sorted set of the ids of jobs in state ``name`` (for listings and metrics without scans)."""
     return f"{STATE_PREFIX}{name}"
+
+
+def pending_class(cpus: int | str, memory: int | str) -> str:
+    """Sorted set (score = id) of the placeable PENDING jobs asking exactly ``cpus`` and ``memory``.
+
+    Placement looks at the oldest job of each class that fits somewhere, so a small job is found
+    behind any number of large ones at a cost that depends on the number of classes, not the
+    backlog. ``state:PENDING`` stays the listing index.
+    """
+    return f"{PENDING_CLASS_PREFIX}{cpus}:{memory}"
 
 
 def node(name: str) -> str:

@@ -18,13 +18,12 @@ from rq import Queue
 
 from . import keys, scripts
 
-WINDOW = 256  # pending jobs looked at per pass: the cost per placed job does not grow with the backlog
 PERFORM = "conductor.worker.perform"
 
 
 def place(connection: Redis, rq_connection: Redis) -> list[tuple[int, str]]:
     """Allocate what fits now and queue it on the chosen nodes; returns (job id, node) pairs."""
-    reply = scripts.run(connection, "place", WINDOW)
+    reply = scripts.run(connection, "place")
     placed = [(int(job_id), node) for job_id, node in zip(reply[::2], reply[1::2])]  # type: ignore[index]
     if placed:
         enqueue(rq_connection, placed)

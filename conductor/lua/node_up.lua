@@ -16,4 +16,8 @@ end
 redis.call('HSET', node_key(name), 'name', name, 'total_cpus', total_cpus, 'total_memory', total_memory,
   'allocated_cpus', cpus, 'allocated_memory', memory)
 redis.call('SADD', NODES, name)
+-- The per-class index of pending jobs heals the same way (a release without it left none).
+if redis.call('EXISTS', PENDING_CLASSES) == 0 then
+  for _, id in ipairs(redis.call('ZRANGE', state_key('PENDING'), 0, -1)) do pending_add(id) end
+end
 return 1

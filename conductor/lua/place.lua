@@ -1,7 +1,9 @@
--- Allocate nodes to the oldest PENDING jobs that fit. ARGV[1]: how many pending jobs to consider.
+-- Allocate nodes to PENDING jobs that fit, oldest first among those that fit anywhere.
 -- A job goes to the node with the fewest free CPUs that still fits it (best fit keeps large holes
 -- for large jobs) and only where a worker slot is free. Returns {id, node, id, node, ...}.
-local window = tonumber(ARGV[1])
+-- Pending jobs are indexed per resource class (cpus:memory): each step looks at the oldest job of
+-- every class that fits some node, so a job that fits is found behind any backlog of jobs that
+-- do not, and the cost per placed job depends on the numbers of classes and nodes, not the backlog.
 local candidates = {}
 local open_slots = 0
 for _, name in ipairs(redis.call('SMEMBERS', NODES)) do
@@ -18,32 +20,75 @@ for _, name in ipairs(redis.call('SMEMBERS', NODES)) do
 end
 if open_slots == 0 then return {} end
 
-local placed = {}
-local started = now()
-for _, id in ipairs(redis.call('ZRANGE', state_key('PENDING'), 0, window - 1)) do
-  local j = redis.call('HMGET', job_key(id), 'cpus', 'memory')
-  local cpus, memory = tonumber(j[1]), tonumber(j[2])
+local function best_node(cpus, memory)
   local best = nil
   for _, c in ipairs(candidates) do
     if c.slots > 0 and c.cpus >= cpus and c.memory >= memory then
       if best == nil or c.cpus < best.cpus or (c.cpus == best.cpus and c.name < best.name) then best = c end
     end
   end
-  if best then
-    local popped = redis.call('ZPOPMIN', free_cpus_key(best.name), cpus)
-    local ids = {}
-    for i = 1, #popped, 2 do table.insert(ids, popped[i]) end
-    redis.call('HINCRBY', node_key(best.name), 'allocated_cpus', cpus)
-    redis.call('HINCRBY', node_key(best.name), 'allocated_memory', memory)
-    redis.call('SADD', running_key(best.name), id)
-    move_state(id, 'PENDING', 'RUNNING')
-    redis.call('HSET', job_key(id), 'node', best.name, 'cpu_ids', table.concat(ids, ','),
-      'started_at', started, 'worker', '')
-    best.slots, best.cpus, best.memory = best.slots - 1, best.cpus - cpus, best.memory - memory
-    open_slots = open_slots - 1
-    table.insert(placed, id)
-    table.insert(placed, best.name)
-    if open_slots == 0 then break end
+  return best
+end
+
+local classes = {}
+for _, name in ipairs(redis.call('SMEMBERS', PENDING_CLASSES)) do
+  local cpus, memory = string.match(name, '^(%d+):(%d+)$')
+  if cpus then
+    table.insert(classes, {name = name, key = PENDING_CLASS_PREFIX .. name,
+      cpus = tonumber(cpus), memory = tonumber(memory)})
+  else
+    redis.call('SREM', PENDING_CLASSES, name)
   end
+end
+
+-- The oldest placeable job of a class; entries that are no longer PENDING (left by a script of
+-- an older release during a rolling upgrade) are dropped on the way.
+local function head(class)
+  while true do
+    local first = redis.call('ZRANGE', class.key, 0, 0)
+    if #first == 0 then
+      redis.call('SREM', PENDING_CLASSES, class.name)
+      return nil
+    end
+    if redis.call('HGET', job_key(first[1]), 'state') == 'PENDING' then return tonumber(first[1]) end
+    redis.call('ZREM', class.key, first[1])
+  end
+end
+
+local placed = {}
+local started = now()
+while open_slots > 0 do
+  local pick, pick_node = nil, nil
+  for _, class in ipairs(classes) do
+    if not class.done then
+      local node = best_node(class.cpus, class.memory)
+      if node == nil then
+        class.done = true  -- free room only shrinks during a pass
+      else
+        if class.first == nil then class.first = head(class) end
+        if class.first == nil then
+          class.done = true
+        elseif pick == nil or class.first < pick.first then
+          pick, pick_node = class, node
+        end
+      end
+    end
+  end
+  if pick == nil then break end
+  local id, cpus, memory, best = pick.first, pick.cpus, pick.memory, pick_node
+  pick.first = nil
+  local popped = redis.call('ZPOPMIN', free_cpus_key(best.name), cpus)
+  local ids = {}
+  for i = 1, #popped, 2 do table.insert(ids, popped[i]) end
+  redis.call('HINCRBY', node_key(best.name), 'allocated_cpus', cpus)
+  redis.call('HINCRBY', node_key(best.name), 'allocated_memory', memory)
+  redis.call('SADD', running_key(best.name), id)
+  move_state(id, 'PENDING', 'RUNNING')
+  redis.call('HSET', job_key(id), 'node', best.name, 'cpu_ids', table.concat(ids, ','),
+    'started_at', started, 'worker', '')
+  best.slots, best.cpus, best.memory = best.slots - 1, best.cpus - cpus, best.memory - memory
+  open_slots = open_slots - 1
+  table.insert(placed, id)
+  table.insert(placed, best.name)
 end
 return placed

@@ -15,10 +15,33 @@ local function node_workers_key(name) return NODE_PREFIX .. name .. ':workers' e
 local function process_groups_key(name) return NODE_PREFIX .. name .. ':process-groups' end
 local function worker_key(name) return WORKER_PREFIX .. name end
 
+-- The per-resource-class index of placeable PENDING jobs (see keys.pending_class); kept in step
+-- with state:PENDING by move_state and submit, so placement never scans the backlog.
+local function pending_class(id)
+  local j = redis.call('HMGET', job_key(id), 'cpus', 'memory')
+  return (j[1] or '0') .. ':' .. (j[2] or '0')
+end
+
+local function pending_add(id)
+  local class = pending_class(id)
+  redis.call('ZADD', PENDING_CLASS_PREFIX .. class, id, id)
+  redis.call('SADD', PENDING_CLASSES, class)
+end
+
+local function pending_remove(id)
+  local class = pending_class(id)
+  local key = PENDING_CLASS_PREFIX .. class
+  if redis.call('ZREM', key, id) == 1 and redis.call('EXISTS', key) == 0 then
+    redis.call('SREM', PENDING_CLASSES, class)
+  end
+end
+
 local function move_state(id, from, to)
   redis.call('ZREM', state_key(from), id)
   redis.call('ZADD', state_key(to), id, id)
   redis.call('HSET', job_key(id), 'state', to)
+  if from == 'PENDING' then pending_remove(id) end
+  if to == 'PENDING' then pending_add(id) end
 end
 
 -- Give a RUNNING job's CPUs and memory back to its node; the only place resources are released.

@@ -118,6 +118,25 @@ def violations(view: dict[str, Any], strict_slots: bool = True) -> list[str]:
     return found
 
 
+def pending_index_violations(connection) -> list[str]:
+    """Every way the per-class index of placeable jobs disagrees with ``state:PENDING``."""
+    found = []
+    indexed: list[int] = []
+    for name in connection.smembers(keys.PENDING_CLASSES):
+        cpus, memory = name.split(":")
+        members = [int(i) for i in connection.zrange(keys.pending_class(cpus, memory), 0, -1)]
+        if not members:
+            found.append(f"class {name} is listed but empty")
+        for job_id in members:
+            if connection.hmget(keys.job(job_id), "cpus", "memory") != [cpus, memory]:
+                found.append(f"job {job_id} is indexed in class {name} but is not of it")
+        indexed += members
+    pending = [int(i) for i in connection.zrange(keys.state("PENDING"), 0, -1)]
+    if sorted(indexed) != pending:
+        found.append(f"indexed pending jobs {sorted(indexed)} != PENDING {pending}")
+    return found
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     names = {name.upper() for name in Settings.model_fields}
@@ -179,6 +198,7 @@ class Ledger:
 
     def assert_consistent(self, strict_slots: bool = True) -> None:
         assert violations(snapshot(self.c), strict_slots) == []
+        assert pending_index_violations(self.c) == []
 
 
 @pytest.fixture
@@ -384,6 +404,46 @@ def test_placed_jobs_get_distinct_concrete_cpus_and_land_in_the_nodes_rq_queue(l
     assert ledger.free_cpus("node-a") == []
     queued = ledger.rq.lrange(f"rq:queue:{keys.queue_name('node-a')}", 0, -1)
     assert sorted(queued) == sorted(f"conductor-{i}".encode() for i in ids)
+
+
+def test_a_small_job_behind_hundreds_of_large_ones_is_placed(ledger):
+    """Guards against head-of-line starvation: placement used to look only at the 256 oldest
+    pending jobs, so 300 waiting 4-CPU jobs on a node with 3 free CPUs kept a later 1-CPU job
+    PENDING next to an idle worker."""
+    ledger.node("node-a", cpus=8, workers=2)
+    first = ledger.submit(cpus=5)
+    assert ledger.place() == {first: "node-a"}
+    large = [ledger.submit(cpus=4) for _ in range(300)]
+    small = ledger.submit(cpus=1)
+    assert ledger.place() == {small: "node-a"}
+    ledger.assert_consistent()
+    ledger.finish(first)
+    ledger.finish(small)
+    assert ledger.place() == {large[0]: "node-a", large[1]: "node-a"}  # oldest first once they fit
+    ledger.assert_consistent()
+
+
+def test_jobs_of_many_classes_are_placed_oldest_first_among_those_that_fit(ledger):
+    """The per-class index keeps the old order: of the jobs that fit, the oldest goes first."""
+    ledger.node("node-a", cpus=4, memory=8 * G, workers=3)
+    ids = [ledger.submit(cpus=c, memory=m) for c, m in [(4, 4 * G), (3, 0), (1, G), (1, 0)]]
+    assert ledger.place() == {ids[0]: "node-a"}  # 4 CPUs: nothing else fits beside it
+    ledger.finish(ids[0])
+    assert ledger.place() == {ids[1]: "node-a", ids[2]: "node-a"}
+    ledger.assert_consistent()
+
+
+def test_the_pending_index_is_rebuilt_when_a_node_comes_up(ledger):
+    """A Redis written by a release without the per-class index: the first worker to start
+    indexes the pending jobs, so none is stranded by an upgrade."""
+    ledger.node("node-a", cpus=4, workers=0)
+    ids = [ledger.submit(cpus=1), ledger.submit(cpus=2)]
+    for name in ledger.c.smembers(keys.PENDING_CLASSES):
+        ledger.c.delete(keys.pending_class(*name.split(":")))
+    ledger.c.delete(keys.PENDING_CLASSES)
+    ledger.node("node-a", cpus=4, workers=2)
+    ledger.assert_consistent()
+    assert ledger.place() == {ids[0]: "node-a", ids[1]: "node-a"}
 
 
 # --- finish, cancel ---------------------------------------------------------------------------------
@@ -730,6 +790,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def books_balance(self) -> None:
         # strict_slots=False: see test_reap_leaves_no_more_running_jobs_than_workers (a known bug)
         assert violations(snapshot(self.ledger.c), strict_slots=False) == []
+        assert pending_index_violations(self.ledger.c) == []
 
     @invariant()
     def model_agrees(self) -> None:
