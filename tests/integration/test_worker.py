@@ -226,3 +226,27 @@ def test_a_job_submitted_with_requeue_runs_again_once_after_its_worker_dies(make
     job = node.wait_state(job_id, "COMPLETED")
     assert job["exit_code"] == 0 and job["requeue"] is True
     assert allocated(node) == (0, 0)
+
+
+def test_a_small_job_behind_hundreds_of_large_ones_runs_on_the_idle_worker(make_node, tmp_path):
+    """Guards against head-of-line starvation: placement looked only at the 256 oldest pending
+    jobs, so 300 waiting 4-CPU jobs on a node with 3 free CPUs kept a later 1-CPU job PENDING
+    next to an idle worker."""
+    from conductor import jobs
+    from conductor.jobs import JobSubmission
+
+    node = make_node(TOTAL_CPUS=8, WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    big = node.submit(BLOCK.format(release=tmp_path / "go"), "--cpus-per-task", "5")
+    node.wait_state(big, "RUNNING")
+    connection = node.redis.client()
+    large = [jobs.submit(connection, JobSubmission.model_validate(
+        {"job": {"cpus_per_task": 4, "name": f"large-{i}"}, "script": "true\n"})) for i in range(300)]
+    small = node.submit("#!/bin/bash\ntrue\n", "--cpus-per-task", "1")
+    assert node.wait_state(small, "COMPLETED")["exit_code"] == 0
+    assert node.job(big)["state"] == "RUNNING"
+    assert all(node.job(job_id)["state"] == "PENDING" for job_id in large)
+    for job_id in large:
+        jobs.cancel(connection, job_id)
+    (tmp_path / "go").touch()
+    assert node.wait_state(big, "COMPLETED")["exit_code"] == 0
