@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from conductor import jobs, keys, placement, scripts
@@ -34,6 +34,8 @@ class PlacementCost:
     full_lua_us: float  # ... of which the Lua script inside Redis
     single_us: float  # a pass after one job ended: one free slot, one job placed (the steady state)
     single_lua_us: float
+    behind_us: float = 0.0  # one 1-CPU job placed behind a backlog of this size that fits no node
+    behind_lua_us: float = 0.0
 
 
 class Cluster:
@@ -56,12 +58,14 @@ class Cluster:
         return [item for name, value in record.items() if name not in ("id", "state", "submitted_at")
                 for item in (name, value)]
 
-    def add_pending(self, count: int) -> None:
+    def add_pending(self, count: int, cpus: int = 1) -> None:
         submit = scripts.script(self.connection, "submit")
+        record = list(self.template)
+        record[record.index("cpus") + 1] = str(cpus)
         for start in range(0, count, BATCH):
             with self.connection.pipeline(transaction=False) as pipe:
                 for _ in range(min(BATCH, count - start)):
-                    submit(args=self.template, client=pipe)
+                    submit(args=record, client=pipe)
                 pipe.execute()
 
     def finish(self, job_ids: list[int]) -> None:
@@ -114,14 +118,42 @@ def measure(redis: RedisServer, backlog: int, passes: int, singles: int) -> Plac
     return PlacementCost(backlog, *(1e6 * statistics.median(v) for v in (full, full_lua, single, single_lua)))
 
 
+def measure_behind(redis: RedisServer, backlog: int, singles: int) -> tuple[float, float]:
+    """Median (µs in all, µs of Lua) to place one 1-CPU job submitted behind ``backlog`` jobs
+    that fit no node: what head-of-line starvation would make unbounded or impossible."""
+    cluster = Cluster(redis)
+    cluster.finish([int(i) for i in cluster.connection.zrange(keys.state("PENDING"), 0, -1)])
+    cluster.add_pending(backlog, cpus=NODE_CPUS + 1)
+    redis.client().config_set("slowlog-max-len", 100_000)
+    redis.client().config_set("slowlog-log-slower-than", 0)
+    costs, lua_costs = [], []
+    for round_ in range(singles + 1):  # the first pass only loads the scripts
+        cluster.add_pending(1)
+        placed, elapsed, lua = cluster.timed_place()
+        if placed != 1:
+            raise RuntimeError(f"placement found {placed} jobs behind {backlog:,} that fit no node, not 1")
+        cluster.finish(cluster.running)
+        cluster.running = []
+        if round_:
+            costs.append(elapsed)
+            lua_costs.append(lua)
+    return 1e6 * statistics.median(costs), 1e6 * statistics.median(lua_costs)
+
+
 def placement_costs(root: Path, backlogs: tuple[int, ...], passes: int, singles: int) -> list[PlacementCost]:
     """One fresh Redis per backlog size, so each starts from the same state."""
     found = []
     for backlog in backlogs:
         redis = RedisServer(root / f"placement-{backlog}").start()
         try:
-            found.append(measure(redis, backlog, passes, singles))
+            cost = measure(redis, backlog, passes, singles)
         finally:
             redis.stop()
+        redis = RedisServer(root / f"placement-behind-{backlog}").start()
+        try:
+            behind, behind_lua = measure_behind(redis, backlog, singles)
+        finally:
+            redis.stop()
+        found.append(replace(cost, behind_us=behind, behind_lua_us=behind_lua))
     return found
 
