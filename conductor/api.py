@@ -107,6 +107,8 @@ class JobView(BaseModel):
     cpu_ids: list[int] = Field(description="the CPUs the job is bound to on its node")
     requeue: bool = Field(default=False, description="runs again once if its worker dies (sbatch --requeue)")
     requeued: int = Field(default=0, description="how many times it was queued again")
+    dependency: str | None = Field(default=None, description="its --dependency, normalised; reason "
+                                   "Dependency while unmet, DependencyNeverSatisfied once it cannot be met")
 
 
 class WorkerView(BaseModel):

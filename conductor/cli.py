@@ -131,10 +131,13 @@ def render_command(settings: Settings, target: str, out: Path) -> None:
 @click.option("--time-limit", "-t", default=None, help="minutes, or [D-]HH:MM:SS")
 @click.option("--requeue", is_flag=True, help="run the job again once if its worker dies")
 @click.option("--env", "environment", multiple=True, metavar="NAME=VALUE", help="set a variable for the job (repeatable)")
+@click.option("--dependency", "-d", default=None, metavar="LIST",
+              help="start only after other jobs: afterok:ID[:ID...], after, afterany, afternotok, singleton; "
+                   "',' = all, '?' = any")
 @with_settings
 def submit(settings: Settings, script: Any, name: str | None, account: str, partition: str,
            ntasks_per_node: int, cpus_per_task: int, mem: str, time_limit: str | None,
-           requeue: bool, environment: tuple[str, ...]) -> None:
+           requeue: bool, environment: tuple[str, ...], dependency: str | None) -> None:
     """Submit SCRIPT (a file, or - for stdin) as a batch job; prints the job id."""
     body = {
         "job": {
@@ -147,6 +150,7 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
             "time_limit": time_limit,
             "environment": dict(_pair(item) for item in environment),
             "requeue": requeue,
+            "dependency": dependency,
         },
         "script": _read_script(script),
     }

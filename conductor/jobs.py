@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis import Redis
 
-from . import keys, scripts
+from . import keys, scripts, workflow
 from .units import parse_memory, parse_time_limit
 
 MAX_SCRIPT_BYTES = 1 << 20
@@ -65,6 +65,11 @@ class JobSpec(BaseModel):
     )
     environment: dict[str, str] = Field(default_factory=dict, max_length=256)
     requeue: bool = Field(default=False, description="run again once if the worker dies (sbatch --requeue)")
+    dependency: str | None = Field(
+        default=None, max_length=4096,
+        description="sbatch --dependency: after|afterany|afterok|afternotok:<id>[:<id>...] or singleton, "
+                    "joined by ',' (all) or '?' (any)",
+    )
 
     @field_validator("account", "name", "partition")
     @classmethod
@@ -82,6 +87,11 @@ class JobSpec(BaseModel):
     @classmethod
     def _time_limit(cls, value: Any) -> float | None:
         return None if value is None else parse_time_limit(value)
+
+    @field_validator("dependency")
+    @classmethod
+    def _dependency(cls, value: str | None) -> str | None:
+        return None if value is None else str(workflow.parse_dependency(value))
 
     @field_validator("environment")
     @classmethod
@@ -147,6 +157,8 @@ def submit(connection: Redis, submission: JobSubmission) -> int:
             "job.memory_per_node",
             f"the job needs {spec.memory_per_node} bytes but the largest node offers {max_memory}",
         )
+    if spec.dependency:
+        _check_dependency(connection, workflow.parse_dependency(spec.dependency))
     fields = {
         "name": spec.name,
         "account": spec.account,
@@ -167,9 +179,27 @@ def submit(connection: Redis, submission: JobSubmission) -> int:
         "reason": "",
         "started_at": "",
         "ended_at": "",
+        "dependency": spec.dependency or "",
+        "dependency_state": "",
     }
     flat = [item for pair in fields.items() for item in pair]
     return int(scripts.run(connection, "submit", *flat))  # type: ignore[arg-type]
+
+
+def _check_dependency(connection: Redis, dependency: workflow.Dependency) -> None:
+    """Refuse a dependency on a job that does not exist (sbatch does too): it could never be met."""
+    for condition in dependency.conditions:
+        for job_id in condition.job_ids:
+            if "_" in job_id:
+                raise JobRejected("job.dependency", f"{job_id}: job {job_id.partition('_')[0]} is not an array")
+    ids = dependency.job_ids()
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.exists(keys.job(job_id))
+        found = pipe.execute()
+    missing = [job_id for job_id, exists in zip(ids, found) if not exists]
+    if missing:
+        raise JobRejected("job.dependency", f"no such job: {', '.join(map(str, missing))}")
 
 
 def cancel(connection: Redis, job_id: int, reason: str = "cancelled by user") -> str:
@@ -181,7 +211,7 @@ def cancel(connection: Redis, job_id: int, reason: str = "cancelled by user") ->
 VIEW_FIELDS = (
     "id", "name", "account", "partition", "state", "cpus", "memory", "node", "worker",
     "exit_code", "reason", "submitted_at", "started_at", "ended_at", "ntasks_per_node",
-    "cpus_per_task", "time_limit", "cpu_ids", "requeue", "requeued",
+    "cpus_per_task", "time_limit", "cpu_ids", "requeue", "requeued", "dependency",
 )
 
 
@@ -242,6 +272,7 @@ def view(raw: dict[str, str | None]) -> dict[str, Any]:
         "cpu_ids": [int(c) for c in (raw.get("cpu_ids") or "").split(",") if c],
         "requeue": raw.get("requeue") == "1",
         "requeued": number("requeued") or 0,
+        "dependency": raw.get("dependency") or None,
     }
 
 

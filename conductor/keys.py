@@ -18,6 +18,7 @@ JOB_PREFIX = PREFIX + "job:"
 STATE_PREFIX = PREFIX + "state:"
 NODE_PREFIX = PREFIX + "node:"
 PENDING_CLASS_PREFIX = PREFIX + "pending:"
+ACTIVE_NAME_PREFIX = PREFIX + "active-name:"
 WORKER_PREFIX = "worker:"
 
 
@@ -29,6 +30,18 @@ def job(job_id: int | str) -> str:
 def job_control(job_id: int | str) -> str:
     """List a running job's worker blocks on: 'exit' from the job's process, 'cancel' from users."""
     return f"{JOB_PREFIX}{job_id}:control"
+
+
+def job_dependents(job_id: int | str) -> str:
+    """Set of the ids of jobs whose ``--dependency`` names this job: re-evaluated in the same Lua
+    transition as this job's start or end, so no crash in between can strand a dependent."""
+    return f"{JOB_PREFIX}{job_id}:dependents"
+
+
+def active_by_name(account: str, name: str) -> str:
+    """Sorted set (score = id) of the not yet ended jobs of one account and job name: what
+    ``--dependency=singleton`` waits for. The account's length keeps the pair unambiguous."""
+    return f"{ACTIVE_NAME_PREFIX}{len(account.encode())}:{account}:{name}"
 
 
 def state(name: str) -> str:

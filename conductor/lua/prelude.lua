@@ -23,6 +23,8 @@ local function pending_class(id)
 end
 
 local function pending_add(id)
+  local held = redis.call('HGET', job_key(id), 'dependency_state')
+  if held == 'waiting' or held == 'never' then return end  -- not placeable until its dependency is met
   local class = pending_class(id)
   redis.call('ZADD', PENDING_CLASS_PREFIX .. class, id, id)
   redis.call('SADD', PENDING_CLASSES, class)
@@ -36,12 +38,86 @@ local function pending_remove(id)
   end
 end
 
+-- Dependencies (--dependency, normalised by conductor/workflow.py): 'yes', 'no' (not yet) or 'never'.
+local function dependents_key(id) return JOB_PREFIX .. id .. ':dependents' end
+local function active_name_key(account, name)
+  return ACTIVE_NAME_PREFIX .. string.len(account) .. ':' .. account .. ':' .. name
+end
+
+local function after_met(kind, parent)
+  local state = redis.call('HGET', job_key(parent), 'state')
+  if not state then return 'never' end
+  if kind == 'after' then return state == 'PENDING' and 'no' or 'yes' end
+  if state == 'PENDING' or state == 'RUNNING' then return 'no' end
+  if kind == 'afterany' then return 'yes' end
+  if kind == 'afterok' then return state == 'COMPLETED' and 'yes' or 'never' end
+  return state ~= 'COMPLETED' and 'yes' or 'never'  -- afternotok
+end
+
+local function condition_met(id, condition)
+  local kind = string.match(condition, '^(%a+)')
+  if kind == 'singleton' then
+    local j = redis.call('HMGET', job_key(id), 'account', 'name')
+    local earlier = redis.call('ZRANGEBYSCORE', active_name_key(j[1], j[2]), '-inf', '(' .. id, 'LIMIT', 0, 1)
+    return #earlier == 0 and 'yes' or 'no'
+  end
+  local result = 'yes'
+  for parent in string.gmatch(string.sub(condition, #kind + 2), '[^:]+') do
+    local met = after_met(kind, parent)
+    if met == 'never' then return 'never' end
+    if met == 'no' then result = 'no' end
+  end
+  return result
+end
+
+local function dependency_met(id, dependency)
+  local any_of = string.find(dependency, '?', 1, true) ~= nil
+  local count, yes, never = 0, 0, 0
+  for condition in string.gmatch(dependency, '[^,?]+') do
+    count = count + 1
+    local met = condition_met(id, condition)
+    if met == 'yes' then yes = yes + 1 elseif met == 'never' then never = never + 1 end
+  end
+  if any_of then
+    if yes > 0 then return 'yes' end
+    if never == count then return 'never' end
+    return 'no'
+  end
+  if never > 0 then return 'never' end
+  if yes == count then return 'yes' end
+  return 'no'
+end
+
+-- A PENDING job waiting on its dependency becomes placeable once it is met, and stays PENDING
+-- with reason DependencyNeverSatisfied once it cannot be (as Slurm).
+local function update_dependency(id)
+  local j = redis.call('HMGET', job_key(id), 'state', 'dependency_state', 'dependency')
+  if j[1] ~= 'PENDING' or j[2] ~= 'waiting' then return end
+  local met = dependency_met(id, j[3])
+  if met == 'yes' then
+    redis.call('HSET', job_key(id), 'dependency_state', 'met', 'reason', '')
+    pending_add(id)
+  elseif met == 'never' then
+    redis.call('HSET', job_key(id), 'dependency_state', 'never', 'reason', 'DependencyNeverSatisfied')
+  end
+end
+
 local function move_state(id, from, to)
   redis.call('ZREM', state_key(from), id)
   redis.call('ZADD', state_key(to), id, id)
   redis.call('HSET', job_key(id), 'state', to)
   if from == 'PENDING' then pending_remove(id) end
   if to == 'PENDING' then pending_add(id) end
+  local final = to ~= 'PENDING' and to ~= 'RUNNING'
+  if final then
+    local j = redis.call('HMGET', job_key(id), 'account', 'name')
+    if j[1] and j[2] then redis.call('ZREM', active_name_key(j[1], j[2]), id) end
+  end
+  -- Dependents are released in the very transition that meets their dependency.
+  if from == 'PENDING' or final then
+    for _, child in ipairs(redis.call('SMEMBERS', dependents_key(id))) do update_dependency(child) end
+    if final then redis.call('DEL', dependents_key(id)) end
+  end
 end
 
 -- Give a RUNNING job's CPUs and memory back to its node; the only place resources are released.

@@ -1,0 +1,132 @@
+"""Job dependencies (sbatch --dependency) against a real Redis and, end to end, real workers.
+
+The ledger-level tests drive the same Lua scripts a worker runs (``start``, ``finish``) through
+the shared :class:`test_ledger.Ledger`; the end-to-end tests run real worker processes.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from conductor import jobs
+from conductor.jobs import JobRejected, JobSubmission
+from test_ledger import Ledger, clean_environment  # noqa: F401  (the autouse fixture applies here too)
+
+
+@pytest.fixture
+def ledger(redis_server) -> Ledger:
+    return Ledger(redis_server.url)
+
+
+def submit(ledger: Ledger, dependency: str | None = None, name: str = "job", cpus: int = 1) -> int:
+    body = {"job": {"cpus_per_task": cpus, "name": name, "dependency": dependency}, "script": "true\n"}
+    return jobs.submit(ledger.c, JobSubmission.model_validate(body))
+
+
+def run(ledger: Ledger, job_id: int, outcome: str = "COMPLETED") -> None:
+    """Place (unless placed already), claim and end ``job_id`` with ``outcome`` as a worker of node-a would."""
+    if ledger.job(job_id)["state"] == "PENDING":
+        placed = ledger.place()
+        assert placed.get(job_id) == "node-a", placed
+    worker = next(w for w in ("node-a-1", "node-a-2", "node-a-3", "node-a-4")
+                  if ledger.c.hget(f"worker:{w}", "state") == "idle")
+    assert ledger.claim(job_id, worker)[0] == "run"
+    assert ledger.finish(job_id, outcome, worker, 0 if outcome == "COMPLETED" else 1) == 1
+
+
+def state(ledger: Ledger, job_id: int) -> tuple[str, str | None]:
+    view = ledger.job(job_id)
+    return view["state"], view["reason"]
+
+
+@pytest.mark.parametrize("kind, outcome, released", [
+    ("afterok", "COMPLETED", True), ("afterok", "FAILED", False),
+    ("afternotok", "FAILED", True), ("afternotok", "COMPLETED", False), ("afternotok", "NODE_FAIL", True),
+    ("afterany", "COMPLETED", True), ("afterany", "FAILED", True), ("afterany", "CANCELLED", True),
+])
+def test_a_dependent_is_released_or_never_satisfied_in_the_parents_end(ledger, kind, outcome, released):
+    ledger.node("node-a", cpus=4, workers=2)
+    parent = submit(ledger)
+    child = submit(ledger, f"{kind}:{parent}")
+    assert state(ledger, child) == ("PENDING", "Dependency")
+    assert ledger.place() == {parent: "node-a"}  # a free slot, yet the child waits
+    ledger.finish(parent, outcome, "", 0 if outcome == "COMPLETED" else 1)
+    if released:
+        assert state(ledger, child) == ("PENDING", None)
+        assert ledger.place() == {child: "node-a"}
+    else:
+        assert state(ledger, child) == ("PENDING", "DependencyNeverSatisfied")
+        assert ledger.place() == {}
+    ledger.assert_consistent()
+
+
+def test_after_waits_only_for_the_parent_to_start(ledger):
+    ledger.node("node-a", cpus=4, workers=1)
+    parent = submit(ledger)
+    child = submit(ledger, f"after:{parent}")
+    assert state(ledger, child) == ("PENDING", "Dependency")
+    assert ledger.place() == {parent: "node-a"}
+    assert state(ledger, child) == ("PENDING", None)  # released by the parent's placement, no slot yet
+    ledger.finish(parent)
+    assert ledger.place() == {child: "node-a"}
+
+
+def test_all_of_and_any_of(ledger):
+    ledger.node("node-a", cpus=4, workers=4)
+    first, second = submit(ledger), submit(ledger)
+    both = submit(ledger, f"afterok:{first},afterok:{second}")
+    either = submit(ledger, f"afterok:{first}?afterok:{second}")
+    also_both = submit(ledger, f"afterok:{first}:{second}")
+    run(ledger, first)
+    assert state(ledger, both) == ("PENDING", "Dependency")
+    assert state(ledger, also_both) == ("PENDING", "Dependency")
+    assert state(ledger, either) == ("PENDING", None)
+    ledger.finish(either, "CANCELLED")
+    run(ledger, second, "FAILED")
+    assert state(ledger, both) == ("PENDING", "DependencyNeverSatisfied")
+    assert state(ledger, also_both) == ("PENDING", "DependencyNeverSatisfied")
+    ledger.assert_consistent()
+
+
+def test_a_dependency_on_a_job_already_ended_is_decided_at_submit(ledger):
+    ledger.node("node-a", cpus=4, workers=1)
+    done = submit(ledger)
+    run(ledger, done)
+    assert state(ledger, submit(ledger, f"afterok:{done}")) == ("PENDING", None)
+    assert state(ledger, submit(ledger, f"afternotok:{done}")) == ("PENDING", "DependencyNeverSatisfied")
+
+
+def test_singleton_waits_for_earlier_jobs_of_the_same_name_and_account(ledger):
+    ledger.node("node-a", cpus=4, workers=4)
+    first = submit(ledger, name="nightly")
+    other = submit(ledger, name="other")
+    second = submit(ledger, "singleton", name="nightly")
+    lone = submit(ledger, "singleton", name="lone")
+    assert ledger.place() == {first: "node-a", other: "node-a", lone: "node-a"}
+    assert state(ledger, second) == ("PENDING", "Dependency")
+    ledger.finish(first, "FAILED", "", 1)
+    assert ledger.place() == {second: "node-a"}
+
+
+def test_a_dependency_on_an_unknown_job_is_refused_and_nothing_is_stored(ledger):
+    ledger.node("node-a", cpus=4, workers=1)
+    before = ledger.c.dbsize()
+    with pytest.raises(JobRejected) as refused:
+        submit(ledger, "afterok:4242")
+    assert refused.value.field == "job.dependency" and "4242" in refused.value.reason
+    with pytest.raises(JobRejected):
+        submit(ledger, "afterok:1_3")
+    assert ledger.c.dbsize() == before
+
+
+def test_a_chain_is_released_link_by_link(ledger):
+    ledger.node("node-a", cpus=4, workers=1)
+    chain = [submit(ledger)]
+    for _ in range(5):
+        chain.append(submit(ledger, f"afterok:{chain[-1]}"))
+    for job_id in chain:
+        run(ledger, job_id)
+    assert all(ledger.job(job_id)["state"] == "COMPLETED" for job_id in chain)
+    ledger.assert_consistent()
