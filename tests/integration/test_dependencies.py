@@ -12,7 +12,10 @@ import pytest
 
 from conductor import jobs
 from conductor.jobs import JobRejected, JobSubmission
+from support import conductor, wait_until
 from test_ledger import Ledger, clean_environment  # noqa: F401  (the autouse fixture applies here too)
+
+BLOCK = "#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\nexit {code}\n"
 
 
 @pytest.fixture
@@ -130,3 +133,64 @@ def test_a_chain_is_released_link_by_link(ledger):
         run(ledger, job_id)
     assert all(ledger.job(job_id)["state"] == "COMPLETED" for job_id in chain)
     ledger.assert_consistent()
+
+
+# --- end to end: real workers ------------------------------------------------------------------------
+
+
+def test_afterok_afternotok_afterany_with_real_workers(make_node, tmp_path):
+    """Each dependent runs only after the outcome it names, from the CLI; the others are held."""
+    node = make_node(TOTAL_CPUS=4, WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    ok = node.submit(BLOCK.format(release=tmp_path / "go", code=0))
+    bad = node.submit(BLOCK.format(release=tmp_path / "go", code=3))
+    children = {
+        (kind, parent): node.submit("#!/bin/bash\necho dependent ran\n", f"--dependency={kind}:{parent}")
+        for kind in ("afterok", "afternotok", "afterany") for parent in (ok, bad)
+    }
+    assert all(node.job(child)["reason"] == "Dependency" for child in children.values())
+    (tmp_path / "go").touch()
+    node.wait_state(ok, "COMPLETED")
+    node.wait_state(bad, "FAILED")
+    for (kind, parent), child in children.items():
+        runs = {"afterok": parent == ok, "afternotok": parent == bad, "afterany": True}[kind]
+        if runs:
+            assert node.wait_state(child, "COMPLETED")["exit_code"] == 0, (kind, parent)
+        else:
+            wait_until(lambda c=child: node.job(c)["reason"] == "DependencyNeverSatisfied",
+                       what=f"{kind}:{parent} to be never satisfied")
+            assert node.job(child)["state"] == "PENDING"
+    shown = conductor("show", str(children[("afterok", bad)]), "--json", config=node.config).stdout
+    assert '"dependency": "afterok:' in shown
+
+
+def test_a_worker_sigkill_mid_chain_makes_afterok_dependents_never_satisfied(make_node, tmp_path):
+    """A chain whose running link dies with its worker (NODE_FAIL): the afterok dependent is
+    DependencyNeverSatisfied, the afternotok one runs, and nothing of the chain is stranded."""
+    node = make_node(TOTAL_CPUS=4, WORKER_CONCURRENCY=2, HEARTBEAT_INTERVAL=1, HEARTBEAT_TTL=3)
+    node.start_workers(2)
+    first = node.submit("#!/bin/bash\ntrue\n")
+    node.wait_state(first, "COMPLETED")
+    pids = tmp_path / "pids"
+    middle = node.submit(f"#!/bin/bash\nsleep 300 & echo $! > {pids}\nwait\n", f"--dependency=afterok:{first}")
+    last = node.submit("#!/bin/bash\ntrue\n", f"--dependency=afterok:{middle}")
+    rescue = node.submit("#!/bin/bash\ntrue\n", f"--dependency=afternotok:{middle}")
+    wait_until(pids.exists, what="the middle link to start")
+    owner = node.workers[int(node.wait_state(middle, "RUNNING")["worker"].rsplit("-", 1)[1])]
+    owner.signal(signal.SIGKILL)
+    owner.wait()
+    node.wait_state(middle, "NODE_FAIL")
+    wait_until(lambda: node.job(last)["reason"] == "DependencyNeverSatisfied", what="afterok never satisfied")
+    assert node.job(last)["state"] == "PENDING"
+    assert node.wait_state(rescue, "COMPLETED")["exit_code"] == 0
+    assert conductor("cancel", str(last), config=node.config).returncode == 0
+    assert node.wait_state(last, "CANCELLED")
+
+
+def test_a_dependency_on_an_unknown_job_is_refused_by_the_cli(make_node):
+    node = make_node(WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    refused = conductor("submit", "--dependency=afterok:999", "-", config=node.config,
+                        input="#!/bin/bash\ntrue\n", check=False)
+    assert refused.returncode == 2
+    assert "dependency" in refused.stderr and "999" in refused.stderr
