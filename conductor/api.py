@@ -37,7 +37,7 @@ from prometheus_client.registry import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 from redis import Redis
 
-from . import jobs, keys, metrics, placement, registry, resources, runner
+from . import jobs, keys, metrics, nodestate, partitions, placement, registry, resources, runner
 from .config import Settings
 from .jobs import JobRejected, JobState, JobSubmission
 from .store import UNREACHABLE, connect, redacted
@@ -109,6 +109,9 @@ class JobView(BaseModel):
     requeued: int = Field(default=0, description="how many times it was queued again")
     dependency: str | None = Field(default=None, description="its --dependency, normalised; reason "
                                    "Dependency while unmet, DependencyNeverSatisfied once it cannot be met")
+    pending_reason: str | None = Field(
+        default=None, description="why a PENDING job waits, as squeue: Resources, Priority, PartitionNodesDrained, "
+                                  "PartitionDown, NodeDown")
 
 
 class WorkerView(BaseModel):
@@ -140,6 +143,31 @@ class NodeView(BaseModel):
     free_memory: int
     workers: int
     busy_workers: int
+    state: Literal["IDLE", "MIXED", "ALLOCATED", "DRAINING", "DRAINED", "DOWN"] = Field(
+        description="as sinfo: DRAINING while a drained node still runs jobs, DOWN without live workers")
+    reason: str | None = Field(default=None, description="why the node was drained")
+    drained_by: str | None = Field(default=None, description="who drained it (user@host, or api@client)")
+    drained_at: str | None = Field(default=None, description="ISO 8601 UTC")
+    partitions: list[str] = Field(default_factory=list, description="NODE_PARTITIONS; empty: every partition")
+
+
+class DrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
+                        description="why, shown with the node (as scontrol's Reason=)")
+
+
+class PartitionView(BaseModel):
+    """One partition, as ``conductor partitions --json`` prints it."""
+
+    partition: str = Field(description='a partition name, or "*" for the nodes that serve every partition')
+    nodes: int
+    node_names: list[str]
+    states: dict[str, int] = Field(description="how many of its nodes are in each node state")
+    allocated_cpus: int
+    idle_cpus: int = Field(description="CPUs free on its nodes in service")
+    total_cpus: int
 
 
 class Cancelled(BaseModel):
@@ -253,7 +281,7 @@ SUBMIT_LINKS = {  # lets generated clients (and schemathesis) follow a new job t
 def submit_job(submission: JobSubmission, ctx: Ctx) -> Submitted:
     """Store a job (PENDING) and place it at once if a node has room: the seed's request, verbatim."""
     _require_unicode(submission)
-    job_id = jobs.submit(ctx.connection, submission)
+    job_id = partitions.submit(ctx.connection, submission, ctx.settings.allow_unknown_partitions)
     return Submitted(job_id=job_id, state=_place(ctx, job_id))
 
 
@@ -307,14 +335,14 @@ def list_jobs(
     """Jobs, newest first; ``X-Total-Count`` says how many match, for paging with offset and limit."""
     counts = jobs.count_by_state(ctx.connection)
     response.headers["X-Total-Count"] = str(counts[state.value] if state else sum(counts.values()))
-    return jobs.list_jobs(ctx.connection, state, limit, offset)
+    return partitions.annotate(ctx.connection, jobs.list_jobs(ctx.connection, state, limit, offset))
 
 
 @jobs_router.get("/jobs/{job_id}", response_model=JobView, operation_id="get_job",
                  responses={404: {"model": Problem}})
 def get_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
-    """One job: state, placement, resources, exit code and timestamps."""
-    return _job_or_404(ctx, job_id)
+    """One job: state, placement, resources, exit code and timestamps; a PENDING one says why it waits."""
+    return partitions.annotate(ctx.connection, [_job_or_404(ctx, job_id)])[0]
 
 
 def _job_or_404(ctx: Context, job_id: int) -> dict[str, Any]:
@@ -427,6 +455,47 @@ def list_workers(ctx: Ctx) -> list[dict[str, Any]]:
 def list_nodes(ctx: Ctx) -> list[dict[str, Any]]:
     """Every node's CPUs, memory and workers: totals, allocated and free."""
     return resources.nodes(ctx.connection)
+
+
+NodeName = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                                    description="a node's NODE_NAME")]
+
+
+def _node_or_404(ctx: Context, name: str) -> dict[str, Any]:
+    for node in resources.nodes(ctx.connection):
+        if node["name"] == name:
+            return node
+    raise HTTPException(404, f"node {name!r} is unknown: no worker of it ever registered")
+
+
+@jobs_router.post("/nodes/{name}/drain", response_model=NodeView, tags=["cluster"], operation_id="drain_node",
+                  responses={404: {"model": Problem}})
+def drain_node(name: NodeName, body: DrainRequest, request: Request, ctx: Ctx) -> dict[str, Any]:
+    """Take a node out of service: no new jobs go to it, its running jobs finish (DRAINING, then DRAINED)."""
+    client = request.client.host if request.client else "unknown"
+    try:
+        nodestate.drain(ctx.connection, name, body.reason.strip(), f"api@{client}")
+    except nodestate.UnknownNode:
+        raise HTTPException(404, f"node {name!r} is unknown: no worker of it ever registered") from None
+    return _node_or_404(ctx, name)
+
+
+@jobs_router.post("/nodes/{name}/resume", response_model=NodeView, tags=["cluster"], operation_id="resume_node",
+                  responses={404: {"model": Problem}})
+def resume_node(name: NodeName, ctx: Ctx) -> dict[str, Any]:
+    """Return a drained node to service (a node not drained is left as it is)."""
+    try:
+        nodestate.resume(ctx.connection, name)
+    except nodestate.UnknownNode:
+        raise HTTPException(404, f"node {name!r} is unknown: no worker of it ever registered") from None
+    placement.place(ctx.connection, ctx.rq_connection)
+    return _node_or_404(ctx, name)
+
+
+@jobs_router.get("/partitions", response_model=list[PartitionView], tags=["cluster"], operation_id="list_partitions")
+def list_partitions(ctx: Ctx) -> list[dict[str, Any]]:
+    """Partitions with their nodes by state and CPUs allocated, idle and total (as sinfo -s)."""
+    return partitions.summary(ctx.connection)
 
 
 # --- probes and metrics -------------------------------------------------------------------------

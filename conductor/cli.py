@@ -7,6 +7,7 @@ Exit status 2 means bad input (configuration, job spec); 1 means the system coul
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from pydantic import ValidationError
 from redis import Redis
 
 from . import jobs, placement, registry, render, resources, worker
+from . import accounting, nodestate, squeue
+from . import partitions as partitions_module
 from .config import ConfigError, Settings, load_settings
 from .jobs import JobRejected, JobState, JobSubmission
 from .logs import setup as setup_logs
@@ -159,7 +162,7 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
     except ValidationError as error:
         raise Failure("\n".join(_describe(e) for e in error.errors()), 2) from None
     connection, rq_connection = _connections(settings)
-    job_id = jobs.submit(connection, submission)
+    job_id = partitions_module.submit(connection, submission, settings.allow_unknown_partitions)
     placement.place(connection, rq_connection)
     click.echo(job_id)
 
@@ -189,9 +192,11 @@ def _describe(error: dict[str, Any]) -> str:
 @with_settings
 def show(settings: Settings, job_id: int, as_json: bool) -> None:
     """Show one job."""
-    job = jobs.get(connect(settings.redis_url), job_id)
+    connection = connect(settings.redis_url)
+    job = jobs.get(connection, job_id)
     if job is None:
         raise Failure(f"job {job_id} does not exist")
+    job = partitions_module.annotate(connection, [job])[0]
     _emit(job, as_json, lambda j: "\n".join(f"{k:>16}: {'' if v is None else v}" for k, v in j.items()))
 
 
@@ -199,10 +204,21 @@ def show(settings: Settings, job_id: int, as_json: bool) -> None:
 @click.option("--state", type=click.Choice([s.value for s in JobState], case_sensitive=False))
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--format", "-o", "format_", metavar="FORMAT",
+              help=f"squeue's %-fields, e.g. '{squeue.DEFAULT}'")
 @with_settings
-def jobs_command(settings: Settings, state: str | None, limit: int, as_json: bool) -> None:
-    """List jobs, newest first."""
-    found = jobs.list_jobs(connect(settings.redis_url), JobState(state.upper()) if state else None, limit)
+def jobs_command(settings: Settings, state: str | None, limit: int, as_json: bool, format_: str | None) -> None:
+    """List jobs, newest first; PENDING ones with the reason they wait."""
+    if format_ is not None:
+        try:
+            squeue.parse(format_)
+        except ValueError as error:
+            raise Failure(str(error), 2) from None
+    connection = connect(settings.redis_url)
+    found = partitions_module.annotate(connection, jobs.list_jobs(connection, JobState(state.upper()) if state else None, limit))
+    if format_ is not None and not as_json:
+        click.echo(squeue.render(format_, found))
+        return
     _emit(found, as_json, _jobs_table)
 
 
@@ -210,7 +226,7 @@ def _jobs_table(rows: list[dict[str, Any]]) -> str:
     return _table(
         ["JOBID", "NAME", "ACCOUNT", "STATE", "CPUS", "MEM", "NODE", "WORKER", "EXIT", "REASON"],
         [[j["id"], j["name"], j["account"], j["state"], j["cpus"], format_memory(j["memory"] or 0),
-          j["node"], j["worker"], j["exit_code"], j["reason"]] for j in rows],
+          j["node"], j["worker"], j["exit_code"], j.get("pending_reason") or j["reason"]] for j in rows],
     )
 
 
@@ -248,11 +264,90 @@ def nodes_command(settings: Settings, as_json: bool) -> None:
 
 def _nodes_table(rows: list[dict[str, Any]]) -> str:
     return _table(
-        ["NODE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY"],
-        [[n["name"], f"{n['allocated_cpus']}/{n['total_cpus']}", n["free_cpus"],
+        ["NODE", "STATE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY", "PARTITIONS", "REASON"],
+        [[n["name"], n["state"], f"{n['allocated_cpus']}/{n['total_cpus']}", n["free_cpus"],
           f"{format_memory(n['allocated_memory'])}/{format_memory(n['total_memory'])}",
-          n["workers"], n["busy_workers"]] for n in rows],
+          n["workers"], n["busy_workers"], ",".join(n["partitions"]) or "*",
+          f"{n['reason']} [{n['drained_by']}@{n['drained_at']}]" if n["reason"] else ""] for n in rows],
     )
+
+
+def _who() -> str:
+    """``user@host`` of the operator, recorded with a drain as Slurm records it."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@main.command()
+@click.argument("node")
+@click.option("--reason", required=True, help="why (shown by `conductor nodes`), as scontrol's Reason=")
+@with_settings
+def drain(settings: Settings, node: str, reason: str) -> None:
+    """Take NODE out of service: it gets no new jobs; its running jobs finish normally."""
+    if not reason.strip():
+        raise Failure("--reason: must not be empty", 2)
+    connection = connect(settings.redis_url)
+    try:
+        nodestate.drain(connection, node, reason.strip(), _who())
+    except nodestate.UnknownNode as error:
+        raise Failure(str(error), 2) from None
+    view = next(n for n in resources.nodes(connection) if n["name"] == node)
+    click.echo(f"node {node}: {view['state']} ({reason.strip()})")
+
+
+@main.command()
+@click.argument("node")
+@with_settings
+def resume(settings: Settings, node: str) -> None:
+    """Return a drained NODE to service."""
+    connection, rq_connection = _connections(settings)
+    try:
+        was_drained = nodestate.resume(connection, node)
+    except nodestate.UnknownNode as error:
+        raise Failure(str(error), 2) from None
+    placement.place(connection, rq_connection)
+    view = next(n for n in resources.nodes(connection) if n["name"] == node)
+    click.echo(f"node {node}: {view['state']}{'' if was_drained else ' (was not drained)'}")
+
+
+@main.command("partitions")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@with_settings
+def partitions_command(settings: Settings, as_json: bool) -> None:
+    """Partitions with their nodes by state and CPUs allocated/idle/total (as sinfo -s)."""
+    _emit(partitions_module.summary(connect(settings.redis_url)), as_json, lambda rows: _table(
+        ["PARTITION", "NODES", "STATES", "CPUS(A/I/T)", "NODELIST"],
+        [[p["partition"], p["nodes"], " ".join(f"{k.lower()}:{v}" for k, v in sorted(p["states"].items())),
+          f"{p['allocated_cpus']}/{p['idle_cpus']}/{p['total_cpus']}", ",".join(p["node_names"])] for p in rows]))
+
+
+@main.command()
+@click.option("--since", help="jobs that ended since: a date (2026-12-01), a time, or an age (12h, 7d)")
+@click.option("--state", type=click.Choice([s.value for s in JobState if s.final], case_sensitive=False))
+@click.option("--account", "-A", help="only this account's jobs")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output (sacct's field names)")
+@with_settings
+def history(settings: Settings, since: str | None, state: str | None, account: str | None, as_json: bool) -> None:
+    """Ended jobs whose records have expired from Redis, from ACCOUNTING_FILE (as sacct)."""
+    if settings.accounting_file is None:
+        raise Failure("ACCOUNTING_FILE is not set: expired jobs were not recorded (set it in app.properties)", 2)
+    try:
+        moment = accounting.parse_since(since) if since else None
+        rows = accounting.read(settings.accounting_file, moment, state.upper() if state else None, account)
+    except ValueError as error:
+        raise Failure(str(error), 2) from None
+    except OSError as error:
+        raise Failure(f"cannot read {settings.accounting_file}: {error}") from None
+    _emit(rows, as_json, lambda found: _table(
+        ["JobID", "JobName", "Account", "Partition", "AllocCPUS", "State", "ExitCode", "Elapsed", "NodeList"],
+        [[r["JobID"], r["JobName"], r["Account"], r["Partition"], r["AllocCPUS"], r["State"], r["ExitCode"],
+          r["Elapsed"], r["NodeList"]] for r in found]))
 
 
 @main.command()

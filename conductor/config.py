@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .store import redacted
-from .units import format_memory, parse_memory
+from .units import format_memory, parse_duration, parse_memory
 
 ENV_CONFIG = "CONDUCTOR_CONFIG"
 DEFAULT_LOCATIONS = (Path("app.properties"), Path("/etc/conductor/app.properties"))
@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     install_prefix: Path = Path(sys.prefix)
     service_user: str = "conductor"
     allow_root_jobs: bool = False
+    node_partitions: str = ""
+    allow_unknown_partitions: bool = False
+    job_retention: float = Field(default=7 * 86400.0, description="seconds; accepts 30m, 12h, 7d")
+    max_job_records: int = Field(default=100_000, ge=1)
+    accounting_file: Path | None = None
     _source: Path | None = PrivateAttr(default=None)
 
     @classmethod
@@ -215,6 +220,45 @@ class Settings(BaseSettings):
         if value is not None and "\x00" in str(value):
             raise ValueError("must not contain a NUL byte")
         return value
+
+    @field_validator("node_partitions")
+    @classmethod
+    def _partitions(cls, value: str) -> str:
+        """A comma-separated list of partition names (empty: the node serves every partition)."""
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        for name in names:
+            if not NAME_PATTERN.fullmatch(name) or len(name) > 128:
+                raise ValueError(f"partition {name!r} must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        return ",".join(dict.fromkeys(names))
+
+    @field_validator("job_retention", mode="before")
+    @classmethod
+    def _retention(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("max_job_records", mode="before")
+    @classmethod
+    def _whole_records(cls, value: Any) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip()):
+            raise ValueError(f"{value!r} is not a whole number")
+        return value
+
+    @field_validator("accounting_file", mode="before")
+    @classmethod
+    def _accounting_empty(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("accounting_file")
+    @classmethod
+    def _accounting_absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and (not value.is_absolute() or "\x00" in str(value)):
+            raise ValueError(f"{str(value)!r} must be an absolute path")
+        return value
+
+    @property
+    def partitions(self) -> list[str]:
+        """The partitions this node serves; empty means every partition."""
+        return [name for name in self.node_partitions.split(",") if name]
 
     @property
     def queue_name(self) -> str:

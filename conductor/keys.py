@@ -49,14 +49,15 @@ def state(name: str) -> str:
     return f"{STATE_PREFIX}{name}"
 
 
-def pending_class(cpus: int | str, memory: int | str) -> str:
-    """Sorted set (score = id) of the placeable PENDING jobs asking exactly ``cpus`` and ``memory``.
+def pending_class(cpus: int | str, memory: int | str, partition: str = "") -> str:
+    """Sorted set (score = id) of the placeable PENDING jobs asking exactly ``cpus`` and ``memory``
+    in ``partition`` (part of the class, so a job no node of its partition can take holds up none other).
 
     Placement looks at the oldest job of each class that fits somewhere, so a small job is found
     behind any number of large ones at a cost that depends on the number of classes, not the
     backlog. ``state:PENDING`` stays the listing index.
     """
-    return f"{PENDING_CLASS_PREFIX}{cpus}:{memory}"
+    return f"{PENDING_CLASS_PREFIX}{cpus}:{memory}:{partition}"
 
 
 def node(name: str) -> str:
@@ -101,3 +102,14 @@ def queue_name(node_name: str) -> str:
 def rq_worker_name(worker_name: str) -> str:
     """RQ's name for a worker instance (seed: ``worker-<NODE>-<index>``)."""
     return f"worker-{worker_name}"
+
+
+def node_drain(name: str) -> str:
+    """Hash reason/by/at while the node is drained: no expiry, so a drain outlives worker and
+    Redis restarts (with Redis persistence) until ``conductor resume``."""
+    return f"{NODE_PREFIX}{name}:drain"
+
+
+def node_cleanup(name: str) -> str:
+    """Short lease: one worker of the node at a time removes job directories whose record expired."""
+    return f"{NODE_PREFIX}{name}:cleanup"

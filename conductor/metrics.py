@@ -19,6 +19,7 @@ from redis import Redis
 
 from . import jobs, keys, resources
 from .jobs import JobState
+from .nodestate import NodeState
 from .store import UNREACHABLE, redacted
 
 WINDOW = 1000  # ended jobs the histograms are built from (see JobTimes)
@@ -77,10 +78,14 @@ def node_ledgers(connection: Redis) -> list[Metric]:
         ("conductor_node_busy_workers", "Live workers of the node that are running a job.", "busy_workers"),
     )
     families = [(GaugeMetricFamily(name, text, labels=["node"]), field) for name, text, field in specs]
+    states = GaugeMetricFamily("conductor_node_state", "1 for the node's state (IDLE, MIXED, ALLOCATED, "
+                               "DRAINING, DRAINED, DOWN), 0 for the others.", labels=["node", "state"])
     for node in resources.nodes(connection):
         for family, field in families:
             family.add_metric([node["name"]], node[field])
-    return [family for family, _ in families]
+        for state in NodeState:
+            states.add_metric([node["name"], state.value], float(node["state"] == state))
+    return [family for family, _ in families] + [states]
 
 
 def job_times(connection: Redis) -> list[Metric]:

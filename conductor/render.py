@@ -88,7 +88,9 @@ class Systemd(Exporter):
     def context(self) -> dict[str, object]:
         context = super().context()
         logs = [self.settings.log_file.parent] if self.settings.log_file else []
-        context["worker_writable"] = [self.path_arg(p) for p in self.outermost([self.settings.job_root, *logs])]
+        history = [self.settings.accounting_file.parent] if self.settings.accounting_file else []
+        context["worker_writable"] = [self.path_arg(p) for p in
+                                      self.outermost([self.settings.job_root, *logs, *history])]
         context["api_writable"] = [self.path_arg(p) for p in self.outermost(logs)]
         return context
 

@@ -12,11 +12,14 @@ from redis import Redis
 
 from . import keys, scripts
 from .config import Settings
+from .jobs import timestamp
+from .nodestate import state
 
 
 def node_up(connection: Redis, settings: Settings) -> None:
     """Declare this node's totals; allocations are recomputed from its running jobs."""
-    scripts.run(connection, "node_up", settings.node_name, settings.total_cpus, settings.total_memory)
+    scripts.run(connection, "node_up", settings.node_name, settings.total_cpus, settings.total_memory,
+                settings.node_partitions)
 
 
 def nodes(connection: Redis) -> list[dict[str, Any]]:
@@ -26,17 +29,22 @@ def nodes(connection: Redis) -> list[dict[str, Any]]:
         for name in names:
             pipe.hmget(keys.node(name), "total_cpus", "total_memory", "allocated_cpus", "allocated_memory")
             pipe.smembers(keys.node_workers(name))
+            pipe.hgetall(keys.node_drain(name))
+            pipe.hget(keys.node(name), "partitions")
+            pipe.scard(keys.node_running(name))
         replies = pipe.execute()
-    ledgers, members = replies[::2], replies[1::2]
+    ledgers, members = replies[::5], replies[1::5]
+    drains, partitions, running = replies[2::5], replies[3::5], replies[4::5]
     with connection.pipeline(transaction=False) as pipe:
         for workers in members:
             for worker in sorted(workers):
                 pipe.hget(keys.worker(worker), "state")
         states = iter(pipe.execute())
     views = []
-    for name, ledger, workers in zip(names, ledgers, members):
+    for name, ledger, workers, drain, served, placed in zip(names, ledgers, members, drains, partitions, running):
         total_cpus, total_memory, cpus, memory = (int(v or 0) for v in ledger)
         worker_states = [next(states) for _ in workers]
+        live = sum(s is not None for s in worker_states)
         views.append({
             "name": name,
             "total_cpus": total_cpus,
@@ -47,5 +55,11 @@ def nodes(connection: Redis) -> list[dict[str, Any]]:
             "free_memory": max(total_memory - memory, 0),
             "workers": sum(state is not None for state in worker_states),
             "busy_workers": worker_states.count("busy"),
+            "state": state(drained=bool(drain), workers=live, running=placed,
+                           allocated_cpus=cpus, total_cpus=total_cpus).value,
+            "reason": drain.get("reason") or None,
+            "drained_by": drain.get("by") or None,
+            "drained_at": timestamp(drain.get("at")),
+            "partitions": [p for p in (served or "").split(",") if p],
         })
     return views

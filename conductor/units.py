@@ -79,3 +79,23 @@ def _parse_clock(text: str) -> float:
     if second is not None:  # MM:SS
         return first * 60 + second
     return first * 60.0
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION_FACTORS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in ``text``: a plain number of seconds or a number with s, m, h, d or w (``30m``, ``7d``)."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError("expected a duration such as 3600, 30m, 12h or 7d")
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        match = _DURATION.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a duration; use seconds or a number with s, m, h, d or w, such as 7d")
+        value = float(match.group(1)) * _DURATION_FACTORS[match.group(2).lower()]
+    if not value > 0 or value > 100 * 365 * 86400:
+        raise ValueError("must be more than 0 and at most 100 years")
+    return value

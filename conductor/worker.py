@@ -19,7 +19,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.worker import SimpleWorker, WorkerStatus
 
-from . import keys, placement, registry, resources, scripts
+from . import keys, placement, registry, resources, retention, scripts
 from .config import Settings
 from .jobs import JobState
 from .runner import Runner
@@ -193,7 +193,7 @@ def run(settings: Settings, index: int) -> int:
         worker_ttl=max(int(settings.heartbeat_ttl), 15),
     )
     heartbeat = registry.Heartbeat(connection, settings, index, tick=lambda: _tick(settings, rq_worker),
-                                   sweep=lambda: placement.place(connection, rq_connection))
+                                   sweep=lambda: _sweep(settings, connection, rq_connection))
     _context = Context(settings, index, connection, rq_connection,
                        Runner(connection, settings.job_root, settings.node_name, name), heartbeat)
     heartbeat.start()
@@ -214,6 +214,12 @@ def run(settings: Settings, index: int) -> int:
     return 0
 
 
+def _sweep(settings: Settings, connection: Redis, rq_connection: Redis) -> None:
+    """The cluster's maintenance, run by one worker at a time: placement's safety pass, retention."""
+    placement.place(connection, rq_connection)
+    retention.expire(connection, settings)
+
+
 def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
     """The heartbeat's periodic duties beyond the record itself."""
     ctx = _context
@@ -221,6 +227,9 @@ def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
         return
     registry.kill_orphans(ctx.connection, settings.node_name)
     placement.requeue_stalled(ctx.connection, ctx.rq_connection, settings.node_name, 2 * settings.heartbeat_ttl)
+    lease = int(settings.heartbeat_interval * 4000)  # one worker of the node, every few beats
+    if ctx.connection.set(keys.node_cleanup(settings.node_name), ctx.index, nx=True, px=lease):
+        retention.remove_directories(ctx.connection, settings.job_root)
     job, execution = rq_worker.get_current_job(), rq_worker.execution
     if job is not None and execution is not None:
         rq_worker.maintain_heartbeats(job, execution)  # keep RQ's view of a long job alive

@@ -1,4 +1,5 @@
--- Declare (or re-declare) a node's totals. ARGV: node, total CPUs, total memory.
+-- Declare (or re-declare) a node's totals. ARGV: node, total CPUs, total memory, partitions
+-- (comma-separated, '' = every partition).
 -- The free-CPU set and the allocations are rebuilt from the node's running jobs, so the books
 -- heal themselves whenever a worker starts, and a changed TOTAL_CPUS takes effect at once.
 local name, total_cpus, total_memory = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -14,7 +15,7 @@ for cpu = 0, total_cpus - 1 do
   if not held[cpu] then redis.call('ZADD', free_cpus_key(name), cpu, cpu) end
 end
 redis.call('HSET', node_key(name), 'name', name, 'total_cpus', total_cpus, 'total_memory', total_memory,
-  'allocated_cpus', cpus, 'allocated_memory', memory)
+  'allocated_cpus', cpus, 'allocated_memory', memory, 'partitions', ARGV[4] or '')
 redis.call('SADD', NODES, name)
 -- The per-class index of pending jobs heals the same way (a release without it left none).
 if redis.call('EXISTS', PENDING_CLASSES) == 0 then

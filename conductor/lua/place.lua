@@ -1,29 +1,31 @@
 -- Allocate nodes to PENDING jobs that fit, oldest first among those that fit anywhere.
 -- A job goes to the node with the fewest free CPUs that still fits it (best fit keeps large holes
 -- for large jobs) and only where a worker slot is free. Returns {id, node, id, node, ...}.
--- Pending jobs are indexed per resource class (cpus:memory): each step looks at the oldest job of
+-- Pending jobs are indexed per class (cpus:memory:partition): each step looks at the oldest job of
 -- every class that fits some node, so a job that fits is found behind any backlog of jobs that
 -- do not, and the cost per placed job depends on the numbers of classes and nodes, not the backlog.
 local candidates = {}
 local open_slots = 0
 for _, name in ipairs(redis.call('SMEMBERS', NODES)) do
   local slots = redis.call('SCARD', node_workers_key(name)) - redis.call('SCARD', running_key(name))
-  if slots > 0 then
-    local n = redis.call('HMGET', node_key(name), 'total_memory', 'allocated_memory', 'total_cpus', 'allocated_cpus')
+  if slots > 0 and redis.call('EXISTS', node_drain_key(name)) == 0 then  -- a drained node takes no new jobs
+    local n = redis.call('HMGET', node_key(name), 'total_memory', 'allocated_memory', 'total_cpus', 'allocated_cpus', 'partitions')
     -- After TOTAL_CPUS was lowered, running jobs may hold more than the new total: the
     -- difference, not the free-id set alone, bounds what may be allocated.
     local cpus = math.min(redis.call('ZCARD', free_cpus_key(name)), tonumber(n[3] or 0) - tonumber(n[4] or 0))
     table.insert(candidates, {name = name, slots = slots, cpus = cpus,
-      memory = tonumber(n[1] or 0) - tonumber(n[2] or 0)})
+      memory = tonumber(n[1] or 0) - tonumber(n[2] or 0), partitions = ',' .. (n[5] or '') .. ','})
     open_slots = open_slots + slots
   end
 end
 if open_slots == 0 then return {} end
 
-local function best_node(cpus, memory)
+local function best_node(cpus, memory, partition)
   local best = nil
   for _, c in ipairs(candidates) do
-    if c.slots > 0 and c.cpus >= cpus and c.memory >= memory then
+    -- NODE_PARTITIONS empty (',,') serves every partition; so does a class of an older release ('')
+    if c.slots > 0 and c.cpus >= cpus and c.memory >= memory and (c.partitions == ',,' or partition == ''
+        or string.find(c.partitions, ',' .. partition .. ',', 1, true)) then
       if best == nil or c.cpus < best.cpus or (c.cpus == best.cpus and c.name < best.name) then best = c end
     end
   end
@@ -32,10 +34,10 @@ end
 
 local classes = {}
 for _, name in ipairs(redis.call('SMEMBERS', PENDING_CLASSES)) do
-  local cpus, memory = string.match(name, '^(%d+):(%d+)$')
+  local cpus, memory, partition = string.match(name, '^(%d+):(%d+):?(.*)$')
   if cpus then
     table.insert(classes, {name = name, key = PENDING_CLASS_PREFIX .. name,
-      cpus = tonumber(cpus), memory = tonumber(memory)})
+      cpus = tonumber(cpus), memory = tonumber(memory), partition = partition})
   else
     redis.call('SREM', PENDING_CLASSES, name)
   end
@@ -61,7 +63,7 @@ while open_slots > 0 do
   local pick, pick_node = nil, nil
   for _, class in ipairs(classes) do
     if not class.done then
-      local node = best_node(class.cpus, class.memory)
+      local node = best_node(class.cpus, class.memory, class.partition)
       if node == nil then
         class.done = true  -- free room only shrinks during a pass
       else

@@ -14,12 +14,13 @@ local function running_key(name) return NODE_PREFIX .. name .. ':running' end
 local function node_workers_key(name) return NODE_PREFIX .. name .. ':workers' end
 local function process_groups_key(name) return NODE_PREFIX .. name .. ':process-groups' end
 local function worker_key(name) return WORKER_PREFIX .. name end
+local function node_drain_key(name) return NODE_PREFIX .. name .. ':drain' end
 
 -- The per-resource-class index of placeable PENDING jobs (see keys.pending_class); kept in step
 -- with state:PENDING by move_state and submit, so placement never scans the backlog.
 local function pending_class(id)
-  local j = redis.call('HMGET', job_key(id), 'cpus', 'memory')
-  return (j[1] or '0') .. ':' .. (j[2] or '0')
+  local j = redis.call('HMGET', job_key(id), 'cpus', 'memory', 'partition')
+  return (j[1] or '0') .. ':' .. (j[2] or '0') .. ':' .. (j[3] or '')
 end
 
 local function pending_add(id)

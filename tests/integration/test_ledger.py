@@ -124,12 +124,12 @@ def pending_index_violations(connection) -> list[str]:
     found = []
     indexed: list[int] = []
     for name in connection.smembers(keys.PENDING_CLASSES):
-        cpus, memory = name.split(":")
-        members = [int(i) for i in connection.zrange(keys.pending_class(cpus, memory), 0, -1)]
+        cpus, memory, partition = name.split(":", 2)
+        members = [int(i) for i in connection.zrange(keys.pending_class(cpus, memory, partition), 0, -1)]
         if not members:
             found.append(f"class {name} is listed but empty")
         for job_id in members:
-            if connection.hmget(keys.job(job_id), "cpus", "memory") != [cpus, memory]:
+            if connection.hmget(keys.job(job_id), "cpus", "memory", "partition") != [cpus, memory, partition]:
                 found.append(f"job {job_id} is indexed in class {name} but is not of it")
         indexed += members
     pending = [int(i) for i in connection.zrange(keys.state("PENDING"), 0, -1)
@@ -441,7 +441,7 @@ def test_the_pending_index_is_rebuilt_when_a_node_comes_up(ledger):
     ledger.node("node-a", cpus=4, workers=0)
     ids = [ledger.submit(cpus=1), ledger.submit(cpus=2)]
     for name in ledger.c.smembers(keys.PENDING_CLASSES):
-        ledger.c.delete(keys.pending_class(*name.split(":")))
+        ledger.c.delete(keys.pending_class(*name.split(":", 2)))
     ledger.c.delete(keys.PENDING_CLASSES)
     ledger.node("node-a", cpus=4, workers=2)
     ledger.assert_consistent()

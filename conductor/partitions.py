@@ -1,0 +1,109 @@
+"""Partitions: which nodes serve which partition, the sinfo-like summary, and PENDING reasons.
+
+A node lists its partitions in NODE_PARTITIONS; an empty list serves every partition, so a
+default node runs the seed's ``compute-high-mem`` jobs. Placement (place.lua) applies the same
+rule inside Redis; this module is its Python side for submission checks and listings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from redis import Redis
+
+from . import jobs, keys, resources
+from .jobs import JobRejected, JobSubmission
+from .nodestate import NodeState
+
+ANY = "*"  # the summary row of nodes that serve every partition
+OUT_OF_SERVICE = (NodeState.DRAINING.value, NodeState.DRAINED.value)
+
+
+def serves(node: dict[str, Any], partition: str) -> bool:
+    """Whether ``node`` (a view of :func:`resources.nodes`) takes jobs of ``partition``."""
+    return not node["partitions"] or partition in node["partitions"]
+
+
+def check(nodes: list[dict[str, Any]], partition: str, allow_unknown: bool) -> None:
+    """Refuse a job for a partition that no registered node serves, unless ``allow_unknown``."""
+    if "," in partition:
+        raise JobRejected("job.partition", "names one partition and must not contain a comma")
+    if allow_unknown or any(serves(node, partition) for node in nodes):
+        return
+    known = sorted({name for node in nodes for name in node["partitions"]})
+    raise JobRejected(
+        "job.partition",
+        f"no node serves partition {partition!r} (known: {', '.join(known) or 'none'}); "
+        "set ALLOW_UNKNOWN_PARTITIONS=true to queue jobs for partitions whose nodes are not up yet",
+    )
+
+
+def summary(connection: Redis) -> list[dict[str, Any]]:
+    """One row per partition, as ``sinfo -s``: nodes by state and CPUs allocated/idle/total.
+
+    Nodes that serve every partition are counted in each named partition and in the row ``*``.
+    """
+    nodes = resources.nodes(connection)
+    names = sorted({name for node in nodes for name in node["partitions"]})
+    rows = []
+    for name in names + [ANY]:
+        members = [n for n in nodes if (not n["partitions"]) or (name != ANY and name in n["partitions"])]
+        if not members:
+            continue
+        states: dict[str, int] = {}
+        for node in members:
+            states[node["state"]] = states.get(node["state"], 0) + 1
+        total = sum(n["total_cpus"] for n in members)
+        allocated = sum(n["allocated_cpus"] for n in members)
+        usable = sum(n["total_cpus"] - n["allocated_cpus"] for n in members
+                     if n["state"] not in OUT_OF_SERVICE and n["state"] != NodeState.DOWN)
+        rows.append({
+            "partition": name,
+            "nodes": len(members),
+            "node_names": [n["name"] for n in members],
+            "states": states,
+            "allocated_cpus": allocated,
+            "idle_cpus": max(usable, 0),
+            "total_cpus": total,
+        })
+    return rows
+
+
+def pending_reason(job: dict[str, Any], nodes: Iterable[dict[str, Any]]) -> str:
+    """Why a PENDING job waits, in squeue's words.
+
+    PartitionDown: no node serves its partition. PartitionNodesDrained: every node that does is
+    drained or draining. NodeDown: those in service have no live worker. Priority: one of them has
+    room now, older jobs go first (placement runs at once). Resources: none has the room now.
+    """
+    serving = [n for n in nodes if serves(n, job["partition"] or "")]
+    if not serving:
+        return "PartitionDown"
+    in_service = [n for n in serving if n["state"] not in OUT_OF_SERVICE]
+    if not in_service:
+        return "PartitionNodesDrained"
+    live = [n for n in in_service if n["state"] != NodeState.DOWN]
+    if not live:
+        return "NodeDown"
+    for node in live:
+        if (node["free_cpus"] >= (job["cpus"] or 0) and node["free_memory"] >= (job["memory"] or 0)
+                and node["state"] != NodeState.ALLOCATED):
+            return "Priority"
+    return "Resources"
+
+
+def annotate(connection: Redis, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``pending_reason`` to the views of PENDING jobs (None for the others)."""
+    nodes = resources.nodes(connection) if any(r["state"] == "PENDING" for r in rows) else []
+    for row in rows:
+        row["pending_reason"] = pending_reason(row, nodes) if row["state"] == "PENDING" else None
+    return rows
+
+
+def submit(connection: Redis, submission: JobSubmission, allow_unknown: bool) -> int:
+    """:func:`jobs.submit` after refusing a partition no registered node serves (CLI and API alike)."""
+    nodes = resources.nodes(connection) if connection.exists(keys.NODES) else []
+    if nodes:  # with no node at all, jobs.submit says so
+        check(nodes, submission.job.partition, allow_unknown)
+    return jobs.submit(connection, submission)

@@ -1,0 +1,97 @@
+"""Retention: ended jobs leave Redis after JOB_RETENTION, or sooner beyond MAX_JOB_RECORDS.
+
+Slurm's MinJobAge and MaxJobCount, for the same reason: without them every job ever run stays
+in Redis, whose memory then grows until it refuses writes and the whole cluster stops. The
+cluster's maintenance (one worker at a time, under the same lease as the reaper) runs
+:func:`expire`; each node removes the directories of its expired jobs itself
+(:func:`remove_directories`), since JOB_ROOT is local to the node that ran them. A PENDING or
+RUNNING job is never touched: only ids found in a final state's index are considered, and a
+final state never changes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from loguru import logger
+from redis import Redis
+
+from . import accounting, keys
+from .config import Settings
+from .jobs import VIEW_FIELDS, JobState, view
+
+BATCH = 1000  # records looked at (and at most removed) per pass: bounded work per heartbeat
+FINAL_STATES = tuple(state for state in JobState if state.final)
+
+
+def expire(connection: Redis, settings: Settings) -> list[int]:
+    """Remove the ended jobs past retention or over the cap, oldest first; returns their ids.
+
+    Their accounting lines are appended to ACCOUNTING_FILE first, so nothing leaves Redis
+    without a trace.
+    """
+    seconds, _ = connection.time()
+    cutoff = seconds - settings.job_retention
+    with connection.pipeline(transaction=False) as pipe:
+        for state in FINAL_STATES:
+            pipe.zrange(keys.state(state), 0, BATCH - 1)
+            pipe.zcard(keys.state(state))
+        replies = pipe.execute()
+    ended_total = sum(replies[1::2])
+    oldest = sorted((int(i) for ids in replies[::2] for i in ids))[:BATCH]
+    over = max(ended_total - settings.max_job_records, 0)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in oldest:
+            pipe.hmget(keys.job(job_id), VIEW_FIELDS)
+            pipe.hget(keys.job(job_id), "ended_at")
+        rows = pipe.execute()
+    expired: list[dict] = []
+    for position, (job_id, raw, ended) in enumerate(zip(oldest, rows[::2], rows[1::2])):
+        job = view(dict(zip(VIEW_FIELDS, raw)))
+        if job["state"] not in {s.value for s in FINAL_STATES}:
+            continue  # a dangling index entry: cleaned below, never a live job
+        if position < over or (ended and float(ended) < cutoff):
+            expired.append(job)
+    if not expired:
+        return []
+    if settings.accounting_file is not None:
+        accounting.append(settings.accounting_file, (accounting.record(job) for job in expired))
+    with connection.pipeline() as pipe:
+        for job in expired:
+            pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]))
+            pipe.zrem(keys.JOBS, job["id"])
+            pipe.zrem(keys.state(job["state"]), job["id"])
+        pipe.execute()
+    logger.info("retention: removed {} ended job records (ids {}..{})", len(expired), expired[0]["id"],
+                expired[-1]["id"])
+    return [job["id"] for job in expired]
+
+
+def remove_directories(connection: Redis, job_root: Path) -> list[int]:
+    """Remove ``JOB_ROOT/<id>`` directories whose job record no longer exists; returns their ids.
+
+    A job's directory is created by the worker that claimed it, while its record exists; a
+    missing record therefore means an expired job, never one still to run.
+    """
+    try:
+        ids = sorted(int(entry.name) for entry in job_root.iterdir() if entry.name.isdigit() and entry.is_dir())
+    except FileNotFoundError:
+        return []
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.exists(keys.job(job_id))
+        present = pipe.execute()
+    removed = []
+    for job_id, exists in zip(ids, present):
+        if exists:
+            continue
+        try:
+            shutil.rmtree(job_root / str(job_id))
+        except OSError as error:
+            logger.error("retention: cannot remove {}: {}", job_root / str(job_id), error)
+            continue
+        removed.append(job_id)
+    if removed:
+        logger.info("retention: removed {} job directories of expired jobs", len(removed))
+    return removed
