@@ -1,0 +1,272 @@
+"""Running a cluster for months: drain and resume, partitions, retention, history, squeue formats.
+
+Everything against a real redis-server and real worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conductor import keys, placement
+from conductor.config import Settings, load_settings
+from support import RedisServer, conductor, wait_until
+
+# The conductor CLI reads app.properties only; keys from the test's environment would override it.
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {name.upper() for name in Settings.model_fields}
+    for key in list(os.environ):
+        if key.upper() in names or key == "CONDUCTOR_CONFIG":
+            monkeypatch.delenv(key)
+
+
+def blocking(release: Path) -> str:
+    return f"#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\necho done\n"
+
+
+def nodes(config: Path) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in json.loads(conductor("nodes", "--json", config=config).stdout)}
+
+
+def node_state(config: Path, name: str) -> str:
+    return str(nodes(config)[name]["state"])
+
+
+def test_drain_lets_running_jobs_finish_and_sends_new_ones_elsewhere(make_node, tmp_path: Path) -> None:
+    """A draining node takes no new job, its running job ends COMPLETED, it turns DRAINED; resume
+    brings it back. The drain, its reason and who/when show in `conductor nodes`."""
+    a = make_node("node-a", WORKER_CONCURRENCY=1)
+    b = make_node("node-b", WORKER_CONCURRENCY=1)
+    a.start_workers(1)
+    release = tmp_path / "release"
+    first = a.submit(blocking(release))
+    assert a.wait_state(first, "RUNNING")["node"] == "node-a"
+    assert node_state(a.config, "node-a") == "ALLOCATED"
+
+    out = conductor("drain", "node-a", "--reason", "disk replacement", config=a.config).stdout
+    assert "DRAINING" in out
+    view = nodes(a.config)["node-a"]
+    assert (view["state"], view["reason"]) == ("DRAINING", "disk replacement")
+    assert view["drained_by"] and "@" in view["drained_by"] and view["drained_at"]
+    assert "disk replacement" in conductor("nodes", config=a.config).stdout
+
+    b.start_workers(1)
+    second = a.submit("#!/bin/bash\necho elsewhere\n")
+    assert a.wait_state(second, "COMPLETED")["node"] == "node-b"
+    release.touch()
+    assert a.wait_state(first, "COMPLETED")["exit_code"] == 0
+    wait_until(lambda: node_state(a.config, "node-a") == "DRAINED", what="node-a to be DRAINED")
+
+    out = conductor("resume", "node-a", config=a.config).stdout
+    assert "IDLE" in out
+    assert nodes(a.config)["node-a"]["reason"] is None
+    b.stop()
+    third = a.submit("#!/bin/bash\necho back\n")
+    assert a.wait_state(third, "COMPLETED")["node"] == "node-a"
+
+
+def test_pending_reason_says_partition_nodes_drained_and_drain_survives_restarts(tmp_path: Path, make_node) -> None:
+    """A job whose only node is drained waits PENDING with reason PartitionNodesDrained (squeue's
+    REASON column); the drain holds when every worker restarts and when Redis restarts."""
+    redis = RedisServer(tmp_path / "aof", appendonly=True).start()
+    try:
+        from support import Node
+
+        (tmp_path / "n").mkdir()
+        node = Node(tmp_path / "n", redis, NODE_NAME="node-a", WORKER_CONCURRENCY=1)
+        try:
+            node.start_workers(1)
+            conductor("drain", "node-a", "--reason", "maintenance", config=node.config)
+            job = node.submit("#!/bin/bash\necho hi\n")
+            listed = json.loads(conductor("jobs", "--json", config=node.config).stdout)
+            assert listed[0]["state"] == "PENDING" and listed[0]["pending_reason"] == "PartitionNodesDrained"
+            table = conductor("jobs", config=node.config).stdout
+            assert "PartitionNodesDrained" in table
+            squeue = conductor("jobs", "--format", "%.6i %.2t %R", config=node.config).stdout.splitlines()
+            assert squeue == [" JOBID ST NODELIST(REASON)", f"{job:>6} PD (PartitionNodesDrained)"]
+
+            node.stop()
+            node.start_workers(1)
+            placement.place(redis.client(), redis.client())  # a sweep, as a heartbeat would run it
+            assert node.job(job)["state"] == "PENDING"
+            assert node_state(node.config, "node-a") == "DRAINED"
+
+            node.stop()
+            redis.stop()
+            redis.start()
+            node.start_workers(1)
+            assert nodes(node.config)["node-a"]["reason"] == "maintenance"
+            assert node.job(job)["state"] == "PENDING"
+            conductor("resume", "node-a", config=node.config)
+            assert node.wait_state(job, "COMPLETED")["node"] == "node-a"
+        finally:
+            node.stop()
+    finally:
+        redis.stop()
+
+
+def test_drain_of_an_unknown_node_is_refused(make_node) -> None:
+    """A typo in a node name must not create a drain record that nothing shows."""
+    a = make_node("node-a")
+    a.start_workers(1)
+    result = conductor("drain", "node-x", "--reason", "r", config=a.config, check=False)
+    assert result.returncode == 2 and "node-x" in result.stderr and "unknown" in result.stderr
+    assert not a.redis.client().exists(keys.node_drain("node-x"))
+    result = conductor("drain", "node-a", "--reason", " ", config=a.config, check=False)
+    assert result.returncode == 2 and "--reason" in result.stderr
+
+
+def test_partitions_steer_jobs_and_unknown_partitions_are_refused(make_node) -> None:
+    """Jobs go only to nodes of their partition; a partition no node serves is refused at submit
+    (exit 2, naming job.partition, nothing stored) unless ALLOW_UNKNOWN_PARTITIONS is set."""
+    gpu = make_node("node-gpu", NODE_PARTITIONS="gpu")
+    cpu = make_node("node-cpu", NODE_PARTITIONS="cpu,debug")
+    gpu.start_workers(2)
+    cpu.start_workers(2)
+    for _ in range(3):
+        assert gpu.wait_state(gpu.submit("#!/bin/bash\ntrue\n", "-p", "gpu"), "COMPLETED")["node"] == "node-gpu"
+        assert gpu.wait_state(gpu.submit("#!/bin/bash\ntrue\n", "-p", "debug"), "COMPLETED")["node"] == "node-cpu"
+
+    client = gpu.redis.client()
+    before = (client.dbsize(), client.get(keys.NEXT_JOB_ID))
+    result = conductor("submit", "-p", "compute-high-mem", "-", config=gpu.config, input="echo hi\n", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "job.partition" in result.stderr and "compute-high-mem" in result.stderr and "cpu, debug, gpu" in result.stderr
+    assert (client.dbsize(), client.get(keys.NEXT_JOB_ID)) == before
+
+    summary = {p["partition"]: p for p in json.loads(conductor("partitions", "--json", config=gpu.config).stdout)}
+    assert set(summary) == {"cpu", "debug", "gpu"}
+    assert summary["gpu"]["node_names"] == ["node-gpu"] and summary["gpu"]["total_cpus"] == 8
+    assert summary["debug"]["states"] == {"IDLE": 1}
+    assert "gpu" in conductor("partitions", config=gpu.config).stdout
+
+    (gpu.directory / "allow.properties").write_text(
+        gpu.config.read_text() + "ALLOW_UNKNOWN_PARTITIONS=true\n")
+    allowed = gpu.directory / "allow.properties"
+    job = int(conductor("submit", "-p", "later", "-", config=allowed, input="echo hi\n").stdout)
+    shown = json.loads(conductor("show", str(job), "--json", config=gpu.config).stdout)
+    assert (shown["state"], shown["pending_reason"]) == ("PENDING", "PartitionDown")
+
+
+def test_default_node_serves_every_partition(make_node) -> None:
+    """An empty NODE_PARTITIONS keeps the seed's compute-high-mem request working."""
+    a = make_node("node-a")
+    a.start_workers(1)
+    job = a.submit("#!/bin/bash\necho hi\n", "-p", "compute-high-mem")
+    assert a.wait_state(job, "COMPLETED")["partition"] == "compute-high-mem"
+    assert [p["partition"] for p in json.loads(conductor("partitions", "--json", config=a.config).stdout)] == ["*"]
+
+
+def _conductor_keys(client) -> int:
+    return sum(1 for _ in client.scan_iter(match="conductor:job:*", count=1000))
+
+
+def test_retention_soak_keeps_redis_and_job_root_bounded_and_history_complete(make_node, tmp_path: Path) -> None:
+    """Many trivial jobs with a short JOB_RETENTION and MAX_JOB_RECORDS: job records, their index
+    entries, control keys and directories go away, Redis memory stops growing, `conductor jobs`
+    stays consistent and `conductor history` lists every ended job exactly once.
+
+    The full 20,000-job figure is `make soak`'s; this keeps the same assertions on a few hundred.
+    """
+    history = tmp_path / "acct" / "jobs.jsonl"
+    node = make_node("node-a", WORKER_CONCURRENCY=4, JOB_RETENTION="1s", MAX_JOB_RECORDS=30,
+                     ACCOUNTING_FILE=history)
+    node.start_workers(4)
+    client = node.redis.client()
+    settings = load_settings(node.config)
+    from conductor import jobs as jobs_module
+    from conductor.jobs import JobSubmission
+
+    def batch(count: int) -> list[int]:
+        submission = JobSubmission.model_validate({"job": {"name": "t", "account": "soak"}, "script": "true\n"})
+        ids = [jobs_module.submit(client, submission) for _ in range(count)]
+        placement.place(client, node.redis.client())
+        return ids
+
+    def settled(ids: list[int]) -> bool:
+        return client.zcard(keys.state("PENDING")) + client.zcard(keys.state("RUNNING")) == 0
+
+    total = 400
+    submitted = batch(100)
+    wait_until(lambda: settled(submitted), timeout=120, what="the first batch to end")
+    wait_until(lambda: client.zcard(keys.JOBS) <= settings.max_job_records, timeout=60, what="records capped")
+    memory_start = int(client.info("memory")["used_memory"])
+    for _ in range(3):
+        submitted += batch(100)
+        wait_until(lambda: settled(submitted), timeout=120, what="a batch to end")
+    wait_until(lambda: client.zcard(keys.JOBS) == 0, timeout=60, what="every record to expire")
+    wait_until(lambda: not [p for p in (tmp_path / "node-a" / "jobs").iterdir()], timeout=60,
+               what="every job directory to be removed")
+    memory_end = int(client.info("memory")["used_memory"])
+
+    assert _conductor_keys(client) == 0
+    for state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+        assert client.zcard(keys.state(state)) == 0
+    assert json.loads(conductor("jobs", "--json", config=node.config).stdout) == []
+    # 300 more jobs than at the first measurement, none of them kept: memory did not grow with them.
+    per_record = 600  # bytes a record of this job takes at least (hash of ~20 fields, index entries)
+    assert memory_end - memory_start < 300 * per_record / 2, (memory_start, memory_end)
+
+    rows = json.loads(conductor("history", "--json", config=node.config).stdout)
+    assert [r["JobID"] for r in rows] == submitted
+    assert {r["State"] for r in rows} == {"COMPLETED"}
+    assert set(rows[0]) >= {"JobID", "JobName", "Account", "Partition", "AllocCPUS", "ReqMem", "State",
+                            "ExitCode", "Submit", "Start", "End", "Elapsed", "NodeList", "Worker"}
+    assert rows[0]["NodeList"] == "node-a" and rows[0]["ExitCode"] == "0:0" and rows[0]["Worker"].startswith("node-a-")
+    assert len(submitted) == total
+
+
+def test_retention_never_touches_pending_or_running_jobs(make_node, tmp_path: Path) -> None:
+    """Retention looks only at final states: a RUNNING and a PENDING job outlive any retention."""
+    from conductor import retention
+
+    node = make_node("node-a", WORKER_CONCURRENCY=1, JOB_RETENTION="1s", MAX_JOB_RECORDS=1)
+    node.start_workers(1)
+    release = tmp_path / "release"
+    running = node.submit(blocking(release))
+    pending = node.submit("#!/bin/bash\necho later\n")
+    node.wait_state(running, "RUNNING")
+    done = int(conductor("submit", "-", config=node.config, input="true\n").stdout)
+    client = node.redis.client()
+    conductor("cancel", str(done), config=node.config)
+    wait_until(lambda: not client.exists(keys.job(done)), timeout=30, what="the cancelled job to expire")
+    assert retention.expire(client, load_settings(node.config)) == []
+    assert node.job(running)["state"] == "RUNNING" and node.job(pending)["state"] == "PENDING"
+    release.touch()
+    node.wait_state(pending, "COMPLETED")
+
+
+def test_history_filters(tmp_path: Path) -> None:
+    """`conductor history --state/--account/--since` filter the accounting file; a bad --since is exit 2."""
+    history = tmp_path / "jobs.jsonl"
+    rows = [
+        {"JobID": 1, "JobName": "a", "Account": "physics", "Partition": "p", "AllocCPUS": 1, "ReqMem": "0",
+         "State": "COMPLETED", "ExitCode": "0:0", "Submit": "2026-01-01T00:00:00.000000Z",
+         "Start": "2026-01-01T00:00:01.000000Z", "End": "2026-01-01T00:00:02.000000Z", "Elapsed": "00:00:01",
+         "NodeList": "n", "Worker": "n-1"},
+        {"JobID": 2, "JobName": "b", "Account": "chem", "Partition": "p", "AllocCPUS": 2, "ReqMem": "1G",
+         "State": "FAILED", "ExitCode": "1:0", "Submit": "2026-02-01T00:00:00.000000Z",
+         "Start": "2026-02-01T00:00:01.000000Z", "End": "2026-02-01T00:00:02.000000Z", "Elapsed": "00:00:01",
+         "NodeList": "n", "Worker": "n-2"},
+    ]
+    history.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "app.properties"
+    config.write_text(f"NODE_NAME=n\nACCOUNTING_FILE={history}\n")
+
+    def ids(*args: str) -> list[int]:
+        return [r["JobID"] for r in json.loads(conductor("history", "--json", *args, config=config).stdout)]
+
+    assert ids() == [1, 2]
+    assert ids("--state", "failed") == [2]
+    assert ids("--account", "physics") == [1]
+    assert ids("--since", "2026-01-15") == [2]
+    assert "physics" in conductor("history", config=config).stdout
+    bad = conductor("history", "--since", "yesterday-ish", config=config, check=False)
+    assert bad.returncode == 2 and "--since" in bad.stderr
