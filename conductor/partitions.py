@@ -73,19 +73,16 @@ def summary(connection: Redis) -> list[dict[str, Any]]:
 def pending_reason(job: dict[str, Any], nodes: Iterable[dict[str, Any]]) -> str:
     """Why a PENDING job waits, in squeue's words.
 
-    PartitionDown: no node serves its partition. PartitionNodesDrained: every node that does is
-    drained or draining. NodeDown: those in service have no live worker. Priority: one of them has
+    PartitionDown: no node serves its partition. PartitionNodesDrained: no node that does is in
+    service and live, and some are drained. NodeDown: none is live and none drained. Priority: one of them has
     room now, older jobs go first (placement runs at once). Resources: none has the room now.
     """
     serving = [n for n in nodes if serves(n, job["partition"] or "")]
     if not serving:
         return "PartitionDown"
-    in_service = [n for n in serving if n["state"] not in OUT_OF_SERVICE]
-    if not in_service:
-        return "PartitionNodesDrained"
-    live = [n for n in in_service if n["state"] != NodeState.DOWN]
-    if not live:
-        return "NodeDown"
+    live = [n for n in serving if n["state"] not in OUT_OF_SERVICE and n["state"] != NodeState.DOWN]
+    if not live:  # a drain is what an operator did and can undo: name it before dead nodes
+        return "PartitionNodesDrained" if any(n["state"] in OUT_OF_SERVICE for n in serving) else "NodeDown"
     for node in live:
         if (node["free_cpus"] >= (job["cpus"] or 0) and node["free_memory"] >= (job["memory"] or 0)
                 and node["state"] != NodeState.ALLOCATED):

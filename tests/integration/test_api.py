@@ -352,7 +352,8 @@ def test_jobs_are_listed_newest_first_and_paged(api: Api, tmp_path: Path) -> Non
 
 # --- the token ----------------------------------------------------------------------------------
 
-GUARDED = ("/readyz", "/metrics", "/openapi.json", "/api/v1/jobs", "/api/v1/nodes", "/api/v1/workers")
+GUARDED = ("/readyz", "/metrics", "/openapi.json", "/api/v1/jobs", "/api/v1/nodes", "/api/v1/workers",
+           "/api/v1/partitions")
 
 
 @pytest.mark.reliability("security: API bearer token")
@@ -384,6 +385,44 @@ def test_without_a_token_nothing_asks_for_one(cluster) -> None:
     assert api.http.get("/readyz").json() == {"status": "ready"}
     document = api.http.get("/openapi.json").json()
     assert "securitySchemes" not in document.get("components", {})
+
+
+# --- drain, resume, partitions -----------------------------------------------------------------
+
+
+@pytest.mark.reliability("security: API bearer token", cases=2)
+def test_drain_and_resume_over_http(cluster) -> None:
+    """POST /nodes/{name}/drain|resume need the token; a drained node takes no job (PENDING with
+    PartitionNodesDrained), shows DRAINED with its reason in /nodes and the metrics; resume runs it."""
+    node, _, guarded = cluster
+    quiet(guarded)
+    bare = httpx.Client(base_url=guarded.url, timeout=30)
+    for path in (f"/api/v1/nodes/{NODE}/drain", f"/api/v1/nodes/{NODE}/resume"):
+        assert bare.post(path, json={"reason": "x"}).status_code == 401
+    bare.close()
+    assert not node.redis.client().exists(keys.node_drain(NODE))
+    assert guarded.http.post("/api/v1/nodes/nowhere/drain", json={"reason": "x"}).status_code == 404
+    empty = guarded.http.post(f"/api/v1/nodes/{NODE}/drain", json={"reason": " "})
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "reason"]
+    try:
+        drained = guarded.http.post(f"/api/v1/nodes/{NODE}/drain", json={"reason": "kernel update"})
+        assert drained.status_code == 200, drained.text
+        assert (drained.json()["state"], drained.json()["reason"]) == ("DRAINED", "kernel update")
+        assert drained.json()["drained_by"].startswith("api@")
+        answer = guarded.submit("true\n", partition="compute-high-mem")
+        assert answer.status_code == 201 and answer.json()["state"] == "PENDING"
+        job_id = answer.json()["job_id"]
+        assert guarded.job(job_id)["pending_reason"] == "PartitionNodesDrained"
+        scraped = metrics(guarded)
+        assert scraped[("conductor_node_state", (("node", NODE), ("state", "DRAINED")))] == 1
+        assert scraped[("conductor_node_state", (("node", NODE), ("state", "IDLE")))] == 0
+        rows = guarded.http.get("/api/v1/partitions").json()
+        assert [row["partition"] for row in rows] == ["*"]  # every node of this cluster serves every partition
+        assert NODE in rows[0]["node_names"] and rows[0]["states"]["DRAINED"] == 1 and rows[0]["idle_cpus"] == 0
+    finally:
+        resumed = guarded.http.post(f"/api/v1/nodes/{NODE}/resume")
+    assert resumed.status_code == 200 and resumed.json()["reason"] is None
+    assert guarded.wait_state(job_id, "COMPLETED")["pending_reason"] is None
 
 
 # --- Redis unreachable --------------------------------------------------------------------------
