@@ -234,8 +234,9 @@ def test_tables_have_a_header_and_one_row_per_item(make_node):
     assert lines[0].index("STATE") == lines[1].index("PENDING")  # columns line up
 
     lines = conductor("nodes", config=node.config).stdout.splitlines()
-    assert lines[0].split() == ["NODE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY"]
-    assert lines[1].split() == ["node-a", "0/8", "8", "0/16G", "0", "0"]
+    assert lines[0].split() == ["NODE", "STATE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY", "PARTITIONS",
+                                "REASON"]
+    assert lines[1].split() == ["node-a", "DOWN", "0/8", "8", "0/16G", "0", "0", "*"]
 
     lines = conductor("workers", config=node.config).stdout.splitlines()
     assert lines[0].split()[:6] == ["NAME", "NODE", "INDEX", "PID", "HOST", "STATE"]
