@@ -25,13 +25,16 @@ def serves(node: dict[str, Any], partition: str) -> bool:
     return not node["partitions"] or partition in node["partitions"]
 
 
-def check(nodes: list[dict[str, Any]], partition: str, allow_unknown: bool) -> None:
-    """Refuse a job for a partition that no registered node serves, unless ``allow_unknown``."""
+def check(served: list[list[str]], partition: str, allow_unknown: bool) -> None:
+    """Refuse a job for a partition that no registered node serves, unless ``allow_unknown``.
+
+    ``served`` holds each registered node's NODE_PARTITIONS (an empty list serves every partition).
+    """
     if "," in partition:
         raise JobRejected("job.partition", "names one partition and must not contain a comma")
-    if allow_unknown or any(serves(node, partition) for node in nodes):
+    if allow_unknown or any(not names or partition in names for names in served):
         return
-    known = sorted({name for node in nodes for name in node["partitions"]})
+    known = sorted({name for names in served for name in names})
     raise JobRejected(
         "job.partition",
         f"no node serves partition {partition!r} (known: {', '.join(known) or 'none'}); "
@@ -100,7 +103,11 @@ def annotate(connection: Redis, rows: list[dict[str, Any]]) -> list[dict[str, An
 
 def submit(connection: Redis, submission: JobSubmission, allow_unknown: bool) -> int:
     """:func:`jobs.submit` after refusing a partition no registered node serves (CLI and API alike)."""
-    nodes = resources.nodes(connection) if connection.exists(keys.NODES) else []
-    if nodes:  # with no node at all, jobs.submit says so
-        check(nodes, submission.job.partition, allow_unknown)
+    names = sorted(connection.smembers(keys.NODES))
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hget(keys.node(name), "partitions")
+        served = [[p for p in (value or "").split(",") if p] for value in pipe.execute()]
+    if served:  # with no node at all, jobs.submit says so
+        check(served, submission.job.partition, allow_unknown)
     return jobs.submit(connection, submission)

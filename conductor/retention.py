@@ -43,16 +43,18 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
     over = max(ended_total - settings.max_job_records, 0)
     with connection.pipeline(transaction=False) as pipe:
         for job_id in oldest:
-            pipe.hmget(keys.job(job_id), VIEW_FIELDS)
             pipe.hget(keys.job(job_id), "ended_at")
+        ends = pipe.execute()
+    due = [job_id for position, (job_id, ended) in enumerate(zip(oldest, ends))
+           if position < over or (ended and float(ended) < cutoff)]
+    if not due:
+        return []
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in due:
+            pipe.hmget(keys.job(job_id), VIEW_FIELDS)
         rows = pipe.execute()
-    expired: list[dict] = []
-    for position, (job_id, raw, ended) in enumerate(zip(oldest, rows[::2], rows[1::2])):
-        job = view(dict(zip(VIEW_FIELDS, raw)))
-        if job["state"] not in {s.value for s in FINAL_STATES}:
-            continue  # a dangling index entry: cleaned below, never a live job
-        if position < over or (ended and float(ended) < cutoff):
-            expired.append(job)
+    final = {s.value for s in FINAL_STATES}
+    expired = [job for job in (view(dict(zip(VIEW_FIELDS, raw))) for raw in rows) if job["state"] in final]
     if not expired:
         return []
     if settings.accounting_file is not None:
@@ -79,13 +81,14 @@ def remove_directories(connection: Redis, job_root: Path) -> list[int]:
     except FileNotFoundError:
         return []
     with connection.pipeline(transaction=False) as pipe:
+        pipe.get(keys.NEXT_JOB_ID)
         for job_id in ids:
             pipe.exists(keys.job(job_id))
-        present = pipe.execute()
+        last, *present = pipe.execute()
     removed = []
     for job_id, exists in zip(ids, present):
-        if exists:
-            continue
+        if exists or job_id > int(last or 0):
+            continue  # an id above the counter belongs to another Redis (replaced, emptied): not ours to judge
         try:
             shutil.rmtree(job_root / str(job_id))
         except OSError as error:

@@ -270,3 +270,20 @@ def test_history_filters(tmp_path: Path) -> None:
     assert "physics" in conductor("history", config=config).stdout
     bad = conductor("history", "--since", "yesterday-ish", config=config, check=False)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_directory_cleanup_removes_only_expired_jobs(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A node removes JOB_ROOT/<id> only when job <id> left Redis: a directory of a job still
+    recorded, or with an id above the job counter (a Redis that was replaced or emptied), stays."""
+    from conductor import retention
+
+    client = redis_server.client()
+    client.set(keys.NEXT_JOB_ID, 3)
+    client.hset(keys.job(2), mapping={"id": 2, "state": "COMPLETED"})
+    root = tmp_path / "jobs"
+    for job_id in (1, 2, 7):
+        (root / str(job_id)).mkdir(parents=True)
+        (root / str(job_id) / f"slurm-{job_id}.out").write_text("x")
+    (root / "notes").mkdir()
+    assert retention.remove_directories(client, root) == [1]
+    assert sorted(p.name for p in root.iterdir()) == ["2", "7", "notes"]
