@@ -12,7 +12,7 @@ JOBS = PREFIX + "jobs"  # sorted set of every job id, score = id
 NODES = PREFIX + "nodes"  # set of node names that ever registered
 WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
 MAINTENANCE = PREFIX + "maintenance"  # short lease: one worker per heartbeat interval reaps and places
-PENDING_CLASSES = PREFIX + "pending-classes"  # set of "<cpus>:<memory>" classes with placeable pending jobs
+PENDING_CLASSES = PREFIX + "pending-classes"  # set of "<cpus>:<memory>:<partition>" classes with placeable pending jobs
 
 JOB_PREFIX = PREFIX + "job:"
 STATE_PREFIX = PREFIX + "state:"

@@ -17,6 +17,7 @@ from .jobs import JobRejected, JobSubmission
 from .nodestate import NodeState
 
 ANY = "*"  # the summary row of nodes that serve every partition
+DEPENDENCY_REASONS = ("Dependency", "DependencyNeverSatisfied")  # set by the dependency scripts
 OUT_OF_SERVICE = (NodeState.DRAINING.value, NodeState.DRAINED.value)
 
 
@@ -76,10 +77,12 @@ def summary(connection: Redis) -> list[dict[str, Any]]:
 def pending_reason(job: dict[str, Any], nodes: Iterable[dict[str, Any]]) -> str:
     """Why a PENDING job waits, in squeue's words.
 
-    PartitionDown: no node serves its partition. PartitionNodesDrained: no node that does is in
+    Dependency / DependencyNeverSatisfied: held by its --dependency. PartitionDown: no node serves its partition. PartitionNodesDrained: no node that does is in
     service and live, and some are drained. NodeDown: none is live and none drained. Priority: one of them has
     room now, older jobs go first (placement runs at once). Resources: none has the room now.
     """
+    if job.get("reason") in DEPENDENCY_REASONS:  # held by its --dependency, whatever the nodes
+        return str(job["reason"])
     serving = [n for n in nodes if serves(n, job["partition"] or "")]
     if not serving:
         return "PartitionDown"

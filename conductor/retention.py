@@ -61,7 +61,7 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
         accounting.append(settings.accounting_file, (accounting.record(job) for job in expired))
     with connection.pipeline() as pipe:
         for job in expired:
-            pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]))
+            pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]), keys.job_dependents(job["id"]))
             pipe.zrem(keys.JOBS, job["id"])
             pipe.zrem(keys.state(job["state"]), job["id"])
         pipe.execute()
