@@ -112,6 +112,9 @@ class JobView(BaseModel):
     pending_reason: str | None = Field(
         default=None, description="why a PENDING job waits, as squeue: Resources, Priority, PartitionNodesDrained, "
                                   "PartitionDown, NodeDown")
+    max_rss: int | None = Field(default=None, description="peak memory of the job's cgroup in bytes (MaxRSS)")
+    cpu_time: float | None = Field(default=None, description="user+system CPU seconds of the job's cgroup")
+    oom_killed: bool | None = Field(default=None, description="whether the OOM killer fired in the job's cgroup")
 
 
 class WorkerView(BaseModel):
@@ -168,6 +171,9 @@ class PartitionView(BaseModel):
     allocated_cpus: int
     idle_cpus: int = Field(description="CPUs free on its nodes in service")
     total_cpus: int
+    containment: Literal["none", "cgroup-v1", "cgroup-v2"] = Field(
+        default="none", description="how the node's jobs are held to their CPUs and memory")
+    oom_kills: int = Field(default=0, description="jobs of the node that ended OUT_OF_MEMORY")
 
 
 class Cancelled(BaseModel):

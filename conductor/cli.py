@@ -19,7 +19,7 @@ import click
 from pydantic import ValidationError
 from redis import Redis
 
-from . import jobs, placement, registry, render, resources, worker
+from . import cgroups, jobs, placement, registry, render, resources, worker
 from . import accounting, nodestate, squeue
 from . import partitions as partitions_module
 from .config import ConfigError, Settings, load_settings
@@ -264,10 +264,10 @@ def nodes_command(settings: Settings, as_json: bool) -> None:
 
 def _nodes_table(rows: list[dict[str, Any]]) -> str:
     return _table(
-        ["NODE", "STATE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY", "PARTITIONS", "REASON"],
+        ["NODE", "STATE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY", "PARTITIONS", "CONTAINMENT", "REASON"],
         [[n["name"], n["state"], f"{n['allocated_cpus']}/{n['total_cpus']}", n["free_cpus"],
           f"{format_memory(n['allocated_memory'])}/{format_memory(n['total_memory'])}",
-          n["workers"], n["busy_workers"], ",".join(n["partitions"]) or "*",
+          n["workers"], n["busy_workers"], ",".join(n["partitions"]) or "*", n["containment"],
           f"{n['reason']} [{n['drained_by']}@{n['drained_at']}]" if n["reason"] else ""] for n in rows],
     )
 
@@ -377,3 +377,19 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     cells = [header] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+@main.command("prepare-cgroups")
+@with_settings
+def prepare_cgroups(settings: Settings) -> None:
+    """As root: give each worker of this node a cgroup subtree owned by SERVICE_USER (job containment)."""
+    if os.geteuid() != 0:
+        raise Failure("prepare-cgroups must run as root (it creates cgroups owned by SERVICE_USER)")
+    try:
+        made = cgroups.prepare(settings.cgroup_parent, [settings.worker_name(i) for i in
+                                                        range(1, settings.worker_concurrency + 1)],
+                               settings.service_user)
+    except (OSError, KeyError, cgroups.ContainmentError) as error:
+        raise Failure(f"cannot prepare job cgroups: {error}") from None
+    click.echo(f"prepared {len(made)} cgroup directories below {settings.cgroup_parent} for "
+               f"{settings.worker_concurrency} workers owned by {settings.service_user}")

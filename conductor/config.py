@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     job_retention: float = Field(default=7 * 86400.0, description="seconds; accepts 30m, 12h, 7d")
     max_job_records: int = Field(default=100_000, ge=1)
     accounting_file: Path | None = None
+    job_containment: Literal["auto", "required", "off"] = "auto"
+    job_pids_max: int = Field(default=4096, ge=8, le=4194304)
+    cgroup_parent: str = "conductor"
     _source: Path | None = PrivateAttr(default=None)
 
     @classmethod
@@ -168,7 +171,8 @@ class Settings(BaseSettings):
     def _memory(cls, value: Any) -> int:
         return parse_memory(value)
 
-    @field_validator("worker_concurrency", "total_cpus", "api_port", "worker_stop_timeout", mode="before")
+    @field_validator("worker_concurrency", "total_cpus", "api_port", "worker_stop_timeout", "job_pids_max",
+                     mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
         if isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip()):
@@ -191,6 +195,18 @@ class Settings(BaseSettings):
         if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("cgroup_parent")
+    @classmethod
+    def _cgroup_parent(cls, value: str) -> str:
+        if not NAME_PATTERN.fullmatch(value) or value in (".", "..") or len(value) > 64:
+            raise ValueError(f"{value!r} must be one cgroup name: 1-64 characters of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("job_containment", mode="before")
+    @classmethod
+    def _lower_containment(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("service_user")
     @classmethod

@@ -212,6 +212,7 @@ VIEW_FIELDS = (
     "id", "name", "account", "partition", "state", "cpus", "memory", "node", "worker",
     "exit_code", "reason", "submitted_at", "started_at", "ended_at", "ntasks_per_node",
     "cpus_per_task", "time_limit", "cpu_ids", "requeue", "requeued", "dependency",
+    "max_rss", "cpu_time", "oom_killed",
 )
 
 
@@ -273,6 +274,9 @@ def view(raw: dict[str, str | None]) -> dict[str, Any]:
         "requeue": raw.get("requeue") == "1",
         "requeued": number("requeued") or 0,
         "dependency": raw.get("dependency") or None,
+        "max_rss": number("max_rss"),
+        "cpu_time": float(raw["cpu_time"]) if raw.get("cpu_time") else None,
+        "oom_killed": raw.get("oom_killed") == "1" if raw.get("oom_killed") else None,
     }
 
 

@@ -21,7 +21,7 @@ from loguru import logger
 from redis import Redis
 from rq.worker import SimpleWorker
 
-from . import keys, procs, scripts
+from . import cgroups, keys, procs, scripts
 from .config import Settings
 from .jobs import timestamp
 
@@ -132,13 +132,15 @@ def kill_orphans(connection: Redis, node: str) -> list[int]:
             continue
         with connection.pipeline(transaction=False) as pipe:
             pipe.exists(keys.worker(worker))
-            pipe.hmget(keys.job(job_id), "state", "worker")
-            worker_alive, (state, owner) = pipe.execute()
+            pipe.hmget(keys.job(job_id), "state", "worker", "cgroup")
+            worker_alive, (state, owner, group) = pipe.execute()
         if worker_alive and state == "RUNNING" and owner == worker:
             continue
         if procs.kill_orphaned_group(int(pgid), int(ticks) if ticks else None):
             logger.warning("killed the processes of job {} left behind by worker {}", job_id, worker)
             killed.append(int(job_id))
+        if group:  # what left the process group (setsid, double fork) is still in the job's cgroup
+            cgroups.destroy(group)
         connection.hdel(keys.node_process_groups(node), job_id)
     return killed
 

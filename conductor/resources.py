@@ -11,15 +11,27 @@ from typing import Any
 from redis import Redis
 
 from . import keys, scripts
+from .cgroups import Usage
 from .config import Settings
 from .jobs import timestamp
 from .nodestate import state
 
 
-def node_up(connection: Redis, settings: Settings) -> None:
-    """Declare this node's totals; allocations are recomputed from its running jobs."""
+def node_up(connection: Redis, settings: Settings, containment: str = "none") -> None:
+    """Declare this node's totals and containment; allocations are recomputed from its running jobs."""
     scripts.run(connection, "node_up", settings.node_name, settings.total_cpus, settings.total_memory,
                 settings.node_partitions)
+    connection.hset(keys.node(settings.node_name), "containment", containment)
+
+
+def record_usage(connection: Redis, node: str, job_id: int, usage: Usage) -> None:
+    """Store a job's usage on it (MaxRSS, CPU time, OOM kill) and count OOM kills per node."""
+    with connection.pipeline() as pipe:
+        pipe.hset(keys.job(job_id), mapping={"max_rss": usage.max_rss, "cpu_time": f"{usage.cpu_time:.6f}",
+                                             "oom_killed": int(usage.oom_killed)})
+        if usage.oom_killed:
+            pipe.hincrby(keys.node(node), "oom_kills", 1)
+        pipe.execute()
 
 
 def nodes(connection: Redis) -> list[dict[str, Any]]:
@@ -27,7 +39,8 @@ def nodes(connection: Redis) -> list[dict[str, Any]]:
     names = sorted(connection.smembers(keys.NODES))
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.hmget(keys.node(name), "total_cpus", "total_memory", "allocated_cpus", "allocated_memory")
+            pipe.hmget(keys.node(name), "total_cpus", "total_memory", "allocated_cpus", "allocated_memory",
+                       "containment", "oom_kills")
             pipe.smembers(keys.node_workers(name))
             pipe.hgetall(keys.node_drain(name))
             pipe.hget(keys.node(name), "partitions")
@@ -42,7 +55,7 @@ def nodes(connection: Redis) -> list[dict[str, Any]]:
         states = iter(pipe.execute())
     views = []
     for name, ledger, workers, drain, served, placed in zip(names, ledgers, members, drains, partitions, running):
-        total_cpus, total_memory, cpus, memory = (int(v or 0) for v in ledger)
+        total_cpus, total_memory, cpus, memory = (int(v or 0) for v in ledger[:4])
         worker_states = [next(states) for _ in workers]
         live = sum(s is not None for s in worker_states)
         views.append({
@@ -61,5 +74,7 @@ def nodes(connection: Redis) -> list[dict[str, Any]]:
             "drained_by": drain.get("by") or None,
             "drained_at": timestamp(drain.get("at")),
             "partitions": [p for p in (served or "").split(",") if p],
+            "containment": ledger[4] or "none",
+            "oom_kills": int(ledger[5] or 0),
         })
     return views

@@ -23,7 +23,7 @@ from pathlib import Path
 from loguru import logger
 from redis import Redis
 
-from . import keys, procs
+from . import cgroups, keys, procs
 from .jobs import JobState
 from .registry import HOST
 from .store import UNREACHABLE
@@ -38,6 +38,7 @@ class Outcome:
     state: JobState
     exit_code: int | None
     reason: str
+    usage: cgroups.Usage | None = None
 
 
 def job_dir(job_root: Path, job_id: int | str) -> Path:
@@ -53,42 +54,65 @@ def output_file(job_root: Path, job_id: int | str) -> Path:
 class Runner:
     """Runs jobs for one worker; knows whether this host can honour CPU ids."""
 
-    def __init__(self, connection: Redis, job_root: Path, node: str, worker: str) -> None:
+    def __init__(self, connection: Redis, job_root: Path, node: str, worker: str,
+                 containment: cgroups.Containment | None = None, pids_max: int = 4096) -> None:
         self.connection = connection
         self.job_root = job_root
         self.node = node
         self.worker = worker
         self.usable_cpus = os.sched_getaffinity(0)
         self.warned_unbound = False
+        self.containment = containment if containment is not None else cgroups.Containment(cgroups.Mode.NONE)
+        self.pids_max = pids_max
 
     def run(self, job: dict[str, str]) -> Outcome:
         """Run ``job`` (its stored fields) to its end and say how it ended."""
         job_id = int(job["id"])
+        group = None
         try:
-            process = self._spawn(job_id, job)
+            if self.containment.mode is not cgroups.Mode.NONE:
+                group = self.containment.create(cgroups.job_group_name(job_id), self._limits(job))
         except OSError as error:
+            return Outcome(JobState.FAILED, None, f"cannot create the job's cgroup: {error}")
+        try:
+            process = self._spawn(job_id, job, group)
+        except (OSError, subprocess.SubprocessError) as error:
+            if group is not None:
+                group.destroy()
             return Outcome(JobState.FAILED, None, f"cannot start the job: {error}")
         try:
-            self._record_process(job_id, process.pid)
-            return self._wait(job_id, process, float(job["time_limit"]) if job.get("time_limit") else None)
+            self._record_process(job_id, process.pid, group)
+            outcome = self._wait(job_id, process, float(job["time_limit"]) if job.get("time_limit") else None)
         finally:
             # Whatever ended the wait (exit, cancel, timeout, a second SIGTERM), nothing of the job
-            # may outlive it: Slurm's rule, and what keeps the node's books true.
+            # may outlive it: Slurm's rule, and what keeps the node's books true. The cgroup also
+            # holds what left the process group (setsid, double fork).
             procs.signal_group(process.pid, signal.SIGKILL)
             process.wait()  # the finish script drops the job's process-group entry
+            usage = group.usage() if group is not None else None
+            if group is not None:
+                group.destroy()
+        return _contained(outcome, usage, int(job["memory"]))
 
-    def _record_process(self, job_id: int, pid: int) -> None:
-        """Note the job's process group, so a reaper can kill it if this worker dies."""
+    def _limits(self, job: dict[str, str]) -> cgroups.Limits:
+        cpus = frozenset(int(c) for c in job.get("cpu_ids", "").split(",") if c)
+        concrete = cpus if cpus and cpus <= self.usable_cpus else None
+        return cgroups.Limits(int(job["memory"]), int(job["cpus"]), concrete, self.pids_max)
+
+    def _record_process(self, job_id: int, pid: int, group: cgroups.JobGroup | None = None) -> None:
+        """Note the job's process group and cgroup, so a reaper can kill it if this worker dies."""
         ticks = procs.start_ticks(pid) or ""
         try:
             with self.connection.pipeline() as pipe:
-                pipe.hset(keys.job(job_id), mapping={"pgid": pid, "pgid_start": ticks, "host": HOST})
+                pipe.hset(keys.job(job_id), mapping={"pgid": pid, "pgid_start": ticks, "host": HOST,
+                                                     "cgroup": group.relative if group else ""})
                 pipe.hset(keys.node_process_groups(self.node), job_id, f"{pid} {ticks} {HOST} {self.worker}")
                 pipe.execute()
         except UNREACHABLE as error:  # the job runs on; only orphan clean-up after a crash is lost
             logger.error("job {}: could not record its process group ({}); it runs on", job_id, error)
 
-    def _spawn(self, job_id: int, job: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, job_id: int, job: dict[str, str],
+               group: cgroups.JobGroup | None = None) -> subprocess.Popen[bytes]:
         directory = job_dir(self.job_root, job_id)
         script = self._write_script(directory, job["script"])
         with open(output_file(self.job_root, job_id), "ab") as output, self._bound(job):
@@ -101,6 +125,8 @@ class Runner:
                 env=self._environment(job, directory),
                 start_new_session=True,
                 close_fds=True,
+                # Joins the job's cgroup between fork and exec: the script's first instruction is contained.
+                preexec_fn=group.enter if group is not None else None,
             )
 
     @staticmethod
@@ -222,6 +248,17 @@ def _wait_quietly(process: subprocess.Popen[bytes], timeout: float) -> None:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         pass
+
+
+def _contained(outcome: Outcome, usage: cgroups.Usage | None, memory: int) -> Outcome:
+    """Attach ``usage``; a job that failed after the OOM killer fired in its group ran out of memory."""
+    if usage is None:
+        return outcome
+    if usage.oom_killed and outcome.state is JobState.FAILED:
+        return Outcome(JobState.OUT_OF_MEMORY, outcome.exit_code,
+                       f"memory limit of {format_memory(memory)} exceeded: the kernel's OOM killer ended "
+                       f"a process of the job ({outcome.reason})", usage)
+    return Outcome(outcome.state, outcome.exit_code, outcome.reason, usage)
 
 
 def _exited(returncode: int) -> Outcome:

@@ -19,7 +19,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.worker import SimpleWorker, WorkerStatus
 
-from . import keys, placement, registry, resources, retention, scripts
+from . import cgroups, keys, placement, registry, resources, retention, scripts
 from .config import Settings
 from .jobs import JobState
 from .runner import Runner
@@ -29,6 +29,7 @@ from .units import format_memory
 EXIT_CONFLICT = 3
 EXIT_NO_REDIS = 4
 EXIT_ROOT = 5
+EXIT_NO_CONTAINMENT = 6
 
 
 class WorkerStartError(RuntimeError):
@@ -125,17 +126,21 @@ def perform(job_id: int) -> None:
         raise
     finally:
         ctx.heartbeat.job = None
-    _finish(ctx, job_id, outcome.state, outcome.exit_code, outcome.reason)
+    _finish(ctx, job_id, outcome.state, outcome.exit_code, outcome.reason, outcome.usage)
     placement.place(ctx.connection, ctx.rq_connection)
 
 
-def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, reason: str) -> None:
+def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, reason: str,
+            usage: cgroups.Usage | None = None) -> None:
     """Record the end of a job; through a Redis outage, keep trying: an ended job is never lost."""
     name = ctx.settings.worker_name(ctx.index)
     code = "" if exit_code is None else exit_code
     delay = 0.1
     while True:
         try:
+            if usage is not None:
+                resources.record_usage(ctx.connection, ctx.settings.node_name, job_id, usage)
+                usage = None  # recorded once, even if the finish below must be retried
             settled = scripts.run(ctx.connection, "finish", job_id, state.value, code, reason, name)
             break
         except UNREACHABLE as error:
@@ -170,6 +175,15 @@ def run(settings: Settings, index: int) -> int:
         raise WorkerStartError(
             "refusing to run jobs as root: run workers as SERVICE_USER "
             f"({settings.service_user}), or set ALLOW_ROOT_JOBS=true for development", EXIT_ROOT)
+    containment = cgroups.detect(settings.cgroup_parent, settings.worker_name(index), settings.job_containment)
+    if containment.mode is cgroups.Mode.NONE:
+        if settings.job_containment == "required":
+            raise WorkerStartError(f"JOB_CONTAINMENT=required but jobs cannot be contained: {containment.reason}",
+                                   EXIT_NO_CONTAINMENT)
+        logger.warning("jobs run without containment (no memory, CPU or process limits; daemons may "
+                       "outlive their jobs): {}", containment.reason)
+    else:
+        logger.info("job containment: {} below {}", containment.mode.value, containment.parent)
     connection = connect(settings.redis_url)
     rq_connection = connect(settings.redis_url, decode=False)
     scripts.load_all(connection)
@@ -183,7 +197,7 @@ def run(settings: Settings, index: int) -> int:
     except registry.WorkerConflict as error:
         raise WorkerStartError(str(error), EXIT_CONFLICT) from None
     settings.job_root.mkdir(parents=True, exist_ok=True)
-    resources.node_up(connection, settings)
+    resources.node_up(connection, settings, containment.mode.value)
     registry.register(connection, settings, index)
     name = settings.worker_name(index)
     rq_worker = ConductorRQWorker(
@@ -195,7 +209,8 @@ def run(settings: Settings, index: int) -> int:
     heartbeat = registry.Heartbeat(connection, settings, index, tick=lambda: _tick(settings, rq_worker),
                                    sweep=lambda: _sweep(settings, connection, rq_connection))
     _context = Context(settings, index, connection, rq_connection,
-                       Runner(connection, settings.job_root, settings.node_name, name), heartbeat)
+                       Runner(connection, settings.job_root, settings.node_name, name, containment,
+                              settings.job_pids_max), heartbeat)
     heartbeat.start()
     logger.info("worker {} registered (pid {}); RQ worker {}", name, os.getpid(), rq_worker.name)
     try:

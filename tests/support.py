@@ -272,3 +272,34 @@ def require(command: str) -> str:
     if path is None:
         raise AssertionError(f"{command} is not installed; run `make test`, which installs it")
     return path
+
+
+@contextmanager
+def job_cgroups(config: Path) -> Iterator[str]:
+    """A cgroup subtree for ``config``'s workers, prepared as launchers do, removed afterwards.
+
+    Each use gets its own CGROUP_PARENT (written into the config), so parallel runs never share
+    groups. Skips the test, saying why, where this machine's cgroups cannot be written (not root,
+    read-only controllers in containers).
+    """
+    import pytest
+
+    from conductor import cgroups
+    from conductor.config import load_settings
+
+    parent = f"conductor-test-{os.getpid()}-{time.monotonic_ns()}"
+    with open(config, "a") as file:
+        file.write(f"CGROUP_PARENT={parent}\n")
+    settings = load_settings(config)
+    if not IS_ROOT:
+        pytest.skip("job containment tests create cgroups: run them as root")
+    try:
+        cgroups.prepare(parent, [settings.worker_name(i) for i in range(1, settings.worker_concurrency + 1)],
+                        settings.service_user)
+    except (OSError, cgroups.ContainmentError) as error:
+        cgroups.remove_tree(parent)
+        pytest.skip(f"this machine's cgroups cannot be written: {error}")
+    try:
+        yield parent
+    finally:
+        cgroups.remove_tree(parent)

@@ -1,0 +1,143 @@
+"""Job containment on the real kernel: each job in its own cgroup (run as root; skipped otherwise).
+
+What the kernel enforces here is what the ledger promises: memory (OUT_OF_MEMORY inside the
+job's group only), CPUs (cpuset), processes (pids), and the end of a job (every process of its
+group, daemons included, for a live worker and through the reaper for a dead one).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from support import WorkerProcess, conductor, job_cgroups, wait_until
+
+ALLOCATE = "#!/bin/bash\n/usr/bin/python3 -c 'import sys; b = b\"x\" * ({mib} << 20); print(len(b))'\n"
+BLOCK = "#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\n"
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer exists (a zombie counts as gone: it has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def worker_pid(node, index: int) -> int:
+    return int(node.redis.client().hget(f"worker:{node.name}-{index}", "pid"))
+
+
+@pytest.fixture
+def contained(make_node):
+    """Factory for a node whose workers contain their jobs (subtree prepared as `conductor prepare-cgroups` does)."""
+    subtrees = []
+
+    def make(**overrides):
+        node = make_node(**overrides)
+        subtree = job_cgroups(node.config)
+        node.cgroup_parent = subtree.__enter__()
+        subtrees.append(subtree)
+        return node
+
+    yield make
+    for subtree in reversed(subtrees):
+        subtree.__exit__(None, None, None)
+
+
+def test_a_memory_hog_ends_out_of_memory_while_its_neighbour_and_worker_keep_running(contained, tmp_path):
+    node = contained(TOTAL_CPUS=2, TOTAL_MEMORY="2G", WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    assert conductor("nodes", "--json", config=node.config).stdout.count('"containment": "cgroup-v1"') == 1
+    pids = {worker_pid(node, 1), worker_pid(node, 2)}
+    neighbour = node.submit(BLOCK.format(release=tmp_path / "go"), "--mem", "64M")
+    node.wait_state(neighbour, "RUNNING")
+    hog = node.submit(ALLOCATE.format(mib=512), "--mem", "64M")
+    job = node.wait_state(hog, "OUT_OF_MEMORY", "FAILED", "COMPLETED")
+    assert job["state"] == "OUT_OF_MEMORY", job
+    assert job["exit_code"] == 137 and "memory limit of 64M" in job["reason"], job
+    assert job["oom_killed"] is True and job["max_rss"] <= 64 << 20, job
+    assert node.job(neighbour)["state"] == "RUNNING"
+    (tmp_path / "go").touch()
+    assert node.wait_state(neighbour, "COMPLETED", "FAILED", "OUT_OF_MEMORY")["state"] == "COMPLETED"
+    assert {worker_pid(node, 1), worker_pid(node, 2)} == pids
+    assert all(w.process.poll() is None for w in node.workers.values())
+    assert '"oom_kills": 1' in conductor("nodes", "--json", config=node.config).stdout
+
+
+def test_a_job_within_its_memory_completes_and_reports_its_usage(contained):
+    node = contained(TOTAL_CPUS=2, TOTAL_MEMORY="2G", WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    small = node.submit(ALLOCATE.format(mib=32), "--mem", "64M")
+    job = node.wait_state(small, "COMPLETED", "FAILED", "OUT_OF_MEMORY")
+    assert job["state"] == "COMPLETED" and job["oom_killed"] is False, job
+    big = node.submit(ALLOCATE.format(mib=200), "--mem", "512M")
+    job = node.wait_state(big, "COMPLETED", "FAILED", "OUT_OF_MEMORY")
+    assert job["state"] == "COMPLETED", job
+    assert job["max_rss"] >= 200 << 20 and job["max_rss"] < 512 << 20, job
+    assert job["cpu_time"] > 0 and job["oom_killed"] is False, job
+    shown = conductor("show", str(big), config=node.config).stdout
+    assert f"max_rss: {job['max_rss']}" in shown and "oom_killed: False" in shown
+
+
+def test_a_daemon_started_with_setsid_does_not_outlive_its_job(contained, tmp_path):
+    node = contained(TOTAL_CPUS=2, WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    daemon = tmp_path / "daemon.pid"
+    job_id = node.submit(f"#!/bin/bash\nsetsid sleep 31337 &\necho $! > {daemon}\n")
+    assert node.wait_state(job_id, "COMPLETED", "FAILED")["state"] == "COMPLETED"
+    pid = int(daemon.read_text())
+    wait_until(lambda: gone(pid), what=f"the job's setsid daemon {pid} to be killed")
+    assert not Path(f"/sys/fs/cgroup/memory/{node.cgroup_parent}/{node.name}-1/job-{job_id}").exists()
+
+
+def test_a_dead_workers_daemon_is_killed_by_the_reaper(contained, tmp_path):
+    """The reaper path: the worker is SIGKILLed mid-job, its restart kills the job's whole cgroup."""
+    node = contained(TOTAL_CPUS=2, WORKER_CONCURRENCY=1)
+    worker = node.start_worker(1)
+    daemon = tmp_path / "daemon.pid"
+    job_id = node.submit(f"#!/bin/bash\nsetsid sleep 31337 &\necho $! > {daemon}\nsleep 300\n")
+    wait_until(lambda: daemon.exists() and daemon.read_text().strip(), what="the daemon to start")
+    pid = int(daemon.read_text())
+    worker.signal(signal.SIGKILL)
+    worker.wait()
+    assert not gone(pid)  # nothing but the cgroup still knows about it now
+    node.start_worker(1)
+    wait_until(lambda: gone(pid), what=f"the reaper to kill the dead worker's daemon {pid}")
+    assert node.wait_state(job_id, "NODE_FAIL")["state"] == "NODE_FAIL"
+    assert not Path(f"/sys/fs/cgroup/memory/{node.cgroup_parent}/{node.name}-1/job-{job_id}").exists()
+
+
+def test_taskset_inside_a_job_cannot_widen_its_cpus(contained):
+    node = contained(TOTAL_CPUS=len(os.sched_getaffinity(0)), WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    job_id = node.submit("#!/bin/bash\ntaskset -pc 0-1023 $$ >/dev/null\ngrep Cpus_allowed_list /proc/self/status\n")
+    job = node.wait_state(job_id, "COMPLETED", "FAILED")
+    output = (node.directory / "jobs" / str(job_id) / f"slurm-{job_id}.out").read_text()
+    assert job["state"] == "COMPLETED", output
+    assert output.split("Cpus_allowed_list:")[1].split()[0] == ",".join(map(str, job["cpu_ids"]))
+
+
+def test_a_fork_bomb_is_bounded_by_the_pids_limit_and_the_node_keeps_serving(contained):
+    node = contained(TOTAL_CPUS=2, WORKER_CONCURRENCY=1, JOB_PIDS_MAX=32)
+    node.start_workers(1)
+    pid = worker_pid(node, 1)
+    bomb = node.submit("#!/bin/bash\n/usr/bin/python3 -c '\nimport os, time\nwhile True:\n"
+                       "    if os.fork() == 0:\n        time.sleep(600)\n'\n")
+    job = node.wait_state(bomb, "COMPLETED", "FAILED", "OUT_OF_MEMORY", timeout=60)
+    output = (node.directory / "jobs" / str(bomb) / f"slurm-{bomb}.out").read_text()
+    assert job["state"] == "FAILED" and "BlockingIOError" in output, output
+    after = node.submit("#!/bin/bash\ntrue\n")
+    assert node.wait_state(after, "COMPLETED", "FAILED")["state"] == "COMPLETED"
+    assert worker_pid(node, 1) == pid
+
+
+def test_required_containment_refuses_to_start_without_a_subtree(make_node):
+    node = make_node(WORKER_CONCURRENCY=1, JOB_CONTAINMENT="required", CGROUP_PARENT="conductor-never-prepared")
+    worker = WorkerProcess(node.config, 1, node.directory / "worker-1.log")
+    assert worker.wait() == 6
+    assert "JOB_CONTAINMENT=required but jobs cannot be contained" in worker.output()
