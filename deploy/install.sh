@@ -380,6 +380,9 @@ install_supervisord() {
             die "supervisord is not running: start it first (e.g. service supervisor start)"
         fi
     fi
+    # Job containment: a cgroup subtree per worker, owned by SERVICE_USER (systemd mode delegates instead).
+    conductor prepare-cgroups --config "$CONF" ||
+        say "jobs will run without containment (see above); JOB_CONTAINMENT=required workers will not start"
     local rendered line
     rendered=$(conductor render supervisord --config "$CONF" --out "$SUPERVISOR_DIR")
     while IFS= read -r line; do say "$line"; done <<<"$rendered"

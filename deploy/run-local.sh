@@ -104,6 +104,13 @@ render() {
     "$BIN/conductor" render supervisord --config "$CONFIG" --out "$RUN/conf.d"
 }
 
+# Job containment: started by root, give each worker a cgroup subtree owned by SERVICE_USER.
+prepare_cgroups() {
+    [[ $(id -u) -eq 0 ]] || { echo "run-local: not root, so jobs run without containment"; return; }
+    "$BIN/conductor" prepare-cgroups --config "$CONFIG" ||
+        echo "run-local: jobs run without containment (see above); JOB_CONTAINMENT=required workers will not start"
+}
+
 wait_for_workers() {
     local want=$1
     for _ in $(seq 150); do
@@ -161,6 +168,7 @@ start)
     prepare_user
     start_redis
     write_supervisord_conf
+    prepare_cgroups
     render
     if [[ -S $RUN/supervisor/supervisor.sock ]] && ctl pid >/dev/null 2>&1; then
         ctl update
@@ -174,6 +182,7 @@ start)
     echo "The node keeps running: supervisorctl status | .venv/bin/conductor jobs | make stop to stop it."
     ;;
 reload)
+    prepare_cgroups
     render
     ctl update
     ctl status

@@ -285,20 +285,16 @@ def job_cgroups(config: Path) -> Iterator[str]:
     import pytest
 
     from conductor import cgroups
-    from conductor.config import load_settings
 
     parent = f"conductor-test-{os.getpid()}-{time.monotonic_ns()}"
     with open(config, "a") as file:
         file.write(f"CGROUP_PARENT={parent}\n")
-    settings = load_settings(config)
     if not IS_ROOT:
         pytest.skip("job containment tests create cgroups: run them as root")
-    try:
-        cgroups.prepare(parent, [settings.worker_name(i) for i in range(1, settings.worker_concurrency + 1)],
-                        settings.service_user)
-    except (OSError, cgroups.ContainmentError) as error:
+    prepared = conductor("prepare-cgroups", config=config, check=False)  # as the launchers do
+    if prepared.returncode != 0:
         cgroups.remove_tree(parent)
-        pytest.skip(f"this machine's cgroups cannot be written: {error}")
+        pytest.skip(f"this machine's cgroups cannot be written: {prepared.stderr.strip()}")
     try:
         yield parent
     finally:

@@ -235,8 +235,8 @@ def test_tables_have_a_header_and_one_row_per_item(make_node):
 
     lines = conductor("nodes", config=node.config).stdout.splitlines()
     assert lines[0].split() == ["NODE", "STATE", "CPUS(A/T)", "FREE", "MEM(A/T)", "WORKERS", "BUSY", "PARTITIONS",
-                                "REASON"]
-    assert lines[1].split() == ["node-a", "DOWN", "0/8", "8", "0/16G", "0", "0", "*"]
+                                "CONTAINMENT", "REASON"]
+    assert lines[1].split() == ["node-a", "DOWN", "0/8", "8", "0/16G", "0", "0", "*", "none"]
 
     lines = conductor("workers", config=node.config).stdout.splitlines()
     assert lines[0].split()[:6] == ["NAME", "NODE", "INDEX", "PID", "HOST", "STATE"]

@@ -209,3 +209,21 @@ def test_supervisord_mode_and_back(systemd_node: SystemdNode):
     node.install(4)  # and back to systemd: supervisord's programs are removed
     assert "conductor-worker" not in node.host.run("supervisorctl", "status", check=False).stdout
     node.wait_registered(range(1, 5))
+
+
+def test_containment_is_none_where_the_hosts_cgroups_are_read_only(systemd_node: SystemdNode):
+    """The unit delegates its cgroup subtree; in these hosts the controllers are read-only, so the
+    workers say why in the journal and report `none`, and JOB_CONTAINMENT=required refuses to start."""
+    node = systemd_node
+    node.ensure(4)
+    unit = node.systemctl("cat", "conductor-worker@.service").stdout
+    assert "Delegate=cpu cpuset memory pids" in unit.splitlines(), unit
+    node.eventually(lambda: node.ledger()["containment"] == "none", "the node to report containment none")
+    assert "jobs run without containment" in node.journal(400)
+    job_id = node.submit("#!/bin/bash\necho still-runs\n")
+    job = node.wait_state(job_id, "COMPLETED", "FAILED")
+    assert job["state"] == "COMPLETED" and job["max_rss"] is None and job["oom_killed"] is None, job
+    refused = node.host.run("runuser", "-u", USER, "--", "env", "JOB_CONTAINMENT=required",
+                            f"{PREFIX}/bin/conductor", "worker", "--index", "9", "--config", CONFIG, check=False)
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert "JOB_CONTAINMENT=required but jobs cannot be contained" in refused.stdout + refused.stderr

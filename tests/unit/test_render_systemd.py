@@ -108,13 +108,15 @@ def test_sandbox_directives_keep_jobs_working(tmp_path):
     expected = {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
         "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
-        "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
+        "ProtectKernelLogs": "yes", "ProtectControlGroups": "no", "RestrictNamespaces": "yes",
         "LockPersonality": "yes", "SystemCallArchitectures": "native", "CapabilityBoundingSet": "",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
     }
     assert {key: unit[key][0] for key in expected} == expected
-    # Writable: the job directories and the log's directory, nothing else.
-    assert unit["ReadWritePaths"] == ["/srv/jobs /var/log/conductor"]
+    # Writable: the job directories and the log's directory, and the cgroup tree where systemd
+    # delegates the unit's own subtree (job containment); nothing else.
+    assert unit["ReadWritePaths"] == ["/sys/fs/cgroup", "/srv/jobs /var/log/conductor"]
+    assert unit["Delegate"] == ["cpu cpuset memory pids"]
     # Jobs bind themselves to CPUs with sched_setaffinity, in @system-service's @resources: not filtered.
     assert "@resources" not in " ".join(unit["SystemCallFilter"])
     assert "MemoryDenyWriteExecute" not in unit  # JIT runtimes in job scripts need W+X memory
@@ -122,7 +124,7 @@ def test_sandbox_directives_keep_jobs_working(tmp_path):
 
 def test_log_file_below_job_root_adds_no_second_path(tmp_path):
     out, _, _ = render(tmp_path, JOB_ROOT="/srv/conductor", LOG_FILE="/srv/conductor/log/workers.log")
-    assert directives((out / WORKER).read_text())["ReadWritePaths"] == ["/srv/conductor"]
+    assert directives((out / WORKER).read_text())["ReadWritePaths"] == ["/sys/fs/cgroup", "/srv/conductor"]
 
 
 def test_target_wants_instances_one_to_n(tmp_path):
@@ -200,7 +202,7 @@ def test_odd_paths_are_escaped_for_systemd(tmp_path):
     out, _, _ = render(tmp_path, INSTALL_PREFIX=prefix, JOB_ROOT="/srv/my jobs/50%$HOME")
     unit = directives((out / WORKER).read_text())
     assert unit["ExecStart"][0].startswith(f'"{str(prefix).replace("%", "%%")}/bin/conductor" worker --index %i')
-    assert unit["ReadWritePaths"] == ['"/srv/my jobs/50%%$HOME"']
+    assert unit["ReadWritePaths"] == ["/sys/fs/cgroup", '"/srv/my jobs/50%%$HOME"']
     result = verify(out / "conductor-worker@1.service")
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
