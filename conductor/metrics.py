@@ -76,16 +76,22 @@ def node_ledgers(connection: Redis) -> list[Metric]:
         ("conductor_node_allocated_memory_bytes", "Memory held by the node's RUNNING jobs.", "allocated_memory"),
         ("conductor_node_workers", "Live workers (fresh heartbeat) of the node.", "workers"),
         ("conductor_node_busy_workers", "Live workers of the node that are running a job.", "busy_workers"),
+        ("conductor_node_oom_kills", "Jobs of the node ended OUT_OF_MEMORY by the kernel's OOM killer (ever).",
+         "oom_kills"),
     )
     families = [(GaugeMetricFamily(name, text, labels=["node"]), field) for name, text, field in specs]
     states = GaugeMetricFamily("conductor_node_state", "1 for the node's state (IDLE, MIXED, ALLOCATED, "
                                "DRAINING, DRAINED, DOWN), 0 for the others.", labels=["node", "state"])
+    containment = GaugeMetricFamily("conductor_node_containment",
+                                    "1 for how the node holds jobs to their CPUs and memory (none, cgroup-v1, cgroup-v2).",
+                                    labels=["node", "containment"])
     for node in resources.nodes(connection):
         for family, field in families:
             family.add_metric([node["name"]], node[field])
         for state in NodeState:
             states.add_metric([node["name"], state.value], float(node["state"] == state))
-    return [family for family, _ in families] + [states]
+        containment.add_metric([node["name"], node["containment"]], 1)
+    return [family for family, _ in families] + [states, containment]
 
 
 def job_times(connection: Redis) -> list[Metric]:

@@ -89,10 +89,12 @@ class Runner:
             # holds what left the process group (setsid, double fork).
             procs.signal_group(process.pid, signal.SIGKILL)
             process.wait()  # the finish script drops the job's process-group entry
-            usage = group.usage() if group is not None else None
             if group is not None:
-                group.destroy()
-        return _contained(outcome, usage, int(job["memory"]))
+                try:
+                    usage = group.usage()
+                finally:
+                    group.destroy()
+        return _contained(outcome, usage if group is not None else None, int(job["memory"]))
 
     def _limits(self, job: dict[str, str]) -> cgroups.Limits:
         cpus = frozenset(int(c) for c in job.get("cpu_ids", "").split(",") if c)

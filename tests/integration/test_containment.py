@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conductor import metrics
 from support import WorkerProcess, conductor, job_cgroups, wait_until
 
 ALLOCATE = "#!/bin/bash\n/usr/bin/python3 -c 'import sys; b = b\"x\" * ({mib} << 20); print(len(b))'\n"
@@ -67,6 +68,10 @@ def test_a_memory_hog_ends_out_of_memory_while_its_neighbour_and_worker_keep_run
     assert {worker_pid(node, 1), worker_pid(node, 2)} == pids
     assert all(w.process.poll() is None for w in node.workers.values())
     assert '"oom_kills": 1' in conductor("nodes", "--json", config=node.config).stdout
+    samples = {(m.name, tuple(sorted(s.labels.items()))): s.value
+               for m in metrics.node_ledgers(node.redis.client()) for s in m.samples}
+    assert samples[("conductor_node_oom_kills", (("node", node.name),))] == 1
+    assert samples[("conductor_node_containment", (("containment", "cgroup-v1"), ("node", node.name)))] == 1
 
 
 def test_a_job_within_its_memory_completes_and_reports_its_usage(contained):
