@@ -92,6 +92,10 @@ V2 = Layout(
     freeze=("", "cgroup.freeze"),
 )
 V2_CONTROLLERS = ("cpuset", "cpu", "memory", "pids")
+# Joining a v1 hierarchy costs the kernel an RCU grace period (milliseconds), so a job joins only
+# those it needs: the CPU controller only for a bandwidth quota, the freezer never (the end of a
+# job kills the group's processes again and again until it is empty, which the pids limit bounds).
+V1_ALWAYS = ("memory", "cpuset", "pids", "cpuacct")
 LAYOUTS = {Mode.V1: V1, Mode.V2: V2}
 
 
@@ -235,7 +239,11 @@ class JobGroup:
         return found
 
     def destroy(self, timeout: float = 10.0) -> None:
-        """Kill every process of the group (frozen first, so nothing forks meanwhile) and remove it."""
+        """Kill every process of the group and remove it.
+
+        v2: ``cgroup.kill`` (Linux 5.14+), else frozen, killed, thawed. v1: SIGKILL to every member
+        until the group is empty and can be removed (frozen first where it joined the freezer).
+        """
         if not any(directory.exists() for directory in self.directories.values()):
             return
         kill_file = self.directories[""] / "cgroup.kill" if self.mode is Mode.V2 else None
@@ -259,15 +267,16 @@ class JobGroup:
                     time.sleep(0.01)
 
     def _freeze_and_kill(self) -> None:
-        freeze = self.file(self.layout.freeze)
-        frozen = freeze.exists()
-        if frozen:
+        hierarchy = self.layout.freeze[0]
+        freeze = self.file(self.layout.freeze) if hierarchy in self.directories else None
+        frozen = freeze is not None and freeze.exists()
+        if freeze is not None and frozen:
             _write(freeze, "FROZEN" if self.mode is Mode.V1 else "1")
         try:
             for pid in self.pids():
                 _kill(pid)
         finally:
-            if frozen:
+            if freeze is not None and frozen:
                 _write(freeze, "THAWED" if self.mode is Mode.V1 else "0")
 
 
@@ -287,14 +296,17 @@ class Containment:
     reason: str = ""
     has_swap_limit: bool = True
 
-    def group(self, relative: str) -> JobGroup:
+    def group(self, relative: str, hierarchies: tuple[str, ...] | None = None) -> JobGroup:
         layout = LAYOUTS[self.mode]
         return JobGroup(self.mode, relative,
-                        {h: _directory(self.mode, h, relative) for h in layout.controllers})
+                        {h: _directory(self.mode, h, relative) for h in hierarchies or layout.controllers})
 
     def create(self, name: str, limits: Limits) -> JobGroup:
         """Make the group ``<parent>/<name>`` with ``limits`` set; raises OSError when the kernel refuses."""
-        group = self.group(f"{self.parent}/{name}")
+        needed = None
+        if self.mode is Mode.V1:
+            needed = V1_ALWAYS + (("cpu",) if limits.cpu_ids is None else ())
+        group = self.group(f"{self.parent}/{name}", needed)
         try:
             for directory in group.directories.values():
                 directory.mkdir()
