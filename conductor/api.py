@@ -40,7 +40,7 @@ from redis import Redis
 from . import jobs, keys, metrics, nodestate, partitions, placement, registry, resources, runner
 from .config import Settings
 from .jobs import JobRejected, JobState, JobSubmission
-from .store import UNREACHABLE, connect, redacted
+from .store import UNREACHABLE, NotReplicated, connect, redacted
 
 PREFIX = "/api/v1"
 MAX_BODY_BYTES = 2 << 20  # a script may be 1 MiB (jobs.MAX_SCRIPT_BYTES); JSON escaping needs headroom
@@ -201,8 +201,8 @@ class Context:
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings``; a factory so that tests (and several nodes in one process) get their own."""
-    connection = connect(settings.redis_url)
-    context = Context(settings, connection, connect(settings.redis_url, decode=False),
+    connection = connect(settings)
+    context = Context(settings, connection, connect(settings, decode=False),
                       metrics.registry_for(connection, settings.redis_url))
     token = settings.api_token.get_secret_value()
     app = FastAPI(
@@ -220,6 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
     for error in UNREACHABLE:
         app.add_exception_handler(error, _redis_unreachable)
     app.add_exception_handler(JobRejected, _job_rejected)
+    app.add_exception_handler(NotReplicated, _not_replicated)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -724,3 +725,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             prop.update(fragment)
         app.openapi_schema = document
     return app.openapi_schema
+
+
+async def _not_replicated(request: Request, error: Exception) -> JSONResponse:
+    """A 503: the submission reached the primary but no replica confirmed it, so it may not survive
+    a failover; the detail names the job id so the client can look before submitting again."""
+    logger.error("submission not confirmed by a replica: {}", error)
+    return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})

@@ -25,7 +25,7 @@ from . import partitions as partitions_module
 from .config import ConfigError, Settings, load_settings
 from .jobs import JobRejected, JobState, JobSubmission
 from .logs import setup as setup_logs
-from .store import UNREACHABLE, connect, redacted
+from .store import UNREACHABLE, NotReplicated, connect, redacted
 from .units import format_memory
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,6 +58,8 @@ def with_settings(command: F) -> F:
             return command(settings, **kwargs)
         except JobRejected as error:
             raise Failure(str(error), 2) from None
+        except NotReplicated as error:
+            raise Failure(str(error)) from None
         except UNREACHABLE as error:
             raise Failure(f"cannot reach Redis at {redacted(settings.redis_url)}: {error}") from None
 
@@ -65,7 +67,7 @@ def with_settings(command: F) -> F:
 
 
 def _connections(settings: Settings) -> tuple[Redis, Redis]:
-    return connect(settings.redis_url), connect(settings.redis_url, decode=False)
+    return connect(settings), connect(settings, decode=False)
 
 
 def _emit(data: Any, as_json: bool, table: Callable[[Any], str]) -> None:
@@ -79,9 +81,22 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--cluster", is_flag=True, help="also check the live cluster's invariants (read-only)")
+@click.option("--json", "as_json", is_flag=True, help="with --cluster: the violations as JSON")
 @with_settings
-def check(settings: Settings) -> None:
-    """Validate app.properties and print the effective configuration."""
+def check(settings: Settings, cluster: bool, as_json: bool) -> None:
+    """Validate app.properties and print the effective configuration; --cluster checks the books."""
+    if cluster:
+        from .invariants import cluster_violations
+
+        violations = cluster_violations(connect(settings))
+        if as_json:
+            click.echo(json.dumps({"ok": not violations, "violations": violations}, indent=2))
+        else:
+            click.echo("\n".join(violations) if violations else "cluster invariants hold")
+        if violations:
+            raise SystemExit(1)
+        return
     click.echo(f"# configuration: {settings.config_path or '(no file: defaults and environment)'}")
     for key, value in settings.describe().items():
         click.echo(f"{key}={value}")
@@ -192,7 +207,7 @@ def _describe(error: dict[str, Any]) -> str:
 @with_settings
 def show(settings: Settings, job_id: int, as_json: bool) -> None:
     """Show one job."""
-    connection = connect(settings.redis_url)
+    connection = connect(settings)
     job = jobs.get(connection, job_id)
     if job is None:
         raise Failure(f"job {job_id} does not exist")
@@ -214,7 +229,7 @@ def jobs_command(settings: Settings, state: str | None, limit: int, as_json: boo
             squeue.parse(format_)
         except ValueError as error:
             raise Failure(str(error), 2) from None
-    connection = connect(settings.redis_url)
+    connection = connect(settings)
     found = partitions_module.annotate(connection, jobs.list_jobs(connection, JobState(state.upper()) if state else None, limit))
     if format_ is not None and not as_json:
         click.echo(squeue.render(format_, found))
@@ -235,7 +250,7 @@ def _jobs_table(rows: list[dict[str, Any]]) -> str:
 @with_settings
 def cancel(settings: Settings, job_id: int) -> None:
     """Cancel a PENDING or RUNNING job (every process of a running one is stopped)."""
-    answer = jobs.cancel(connect(settings.redis_url), job_id)
+    answer = jobs.cancel(connect(settings), job_id)
     if answer == "missing":
         raise Failure(f"job {job_id} does not exist")
     if answer.startswith("final:"):
@@ -248,7 +263,7 @@ def cancel(settings: Settings, job_id: int) -> None:
 @with_settings
 def workers_command(settings: Settings, as_json: bool) -> None:
     """List live workers."""
-    _emit(registry.workers(connect(settings.redis_url)), as_json, lambda rows: _table(
+    _emit(registry.workers(connect(settings)), as_json, lambda rows: _table(
         ["NAME", "NODE", "INDEX", "PID", "HOST", "STATE", "JOB", "LAST HEARTBEAT"],
         [[w["name"], w["node"], w["index"], w["pid"], w["host"], w["state"], w["job"], w["last_heartbeat"]]
          for w in rows]))
@@ -259,7 +274,7 @@ def workers_command(settings: Settings, as_json: bool) -> None:
 @with_settings
 def nodes_command(settings: Settings, as_json: bool) -> None:
     """List nodes with their CPUs, memory and workers."""
-    _emit(resources.nodes(connect(settings.redis_url)), as_json, _nodes_table)
+    _emit(resources.nodes(connect(settings)), as_json, _nodes_table)
 
 
 def _nodes_table(rows: list[dict[str, Any]]) -> str:
@@ -292,7 +307,7 @@ def drain(settings: Settings, node: str, reason: str) -> None:
     """Take NODE out of service: it gets no new jobs; its running jobs finish normally."""
     if not reason.strip():
         raise Failure("--reason: must not be empty", 2)
-    connection = connect(settings.redis_url)
+    connection = connect(settings)
     try:
         nodestate.drain(connection, node, reason.strip(), _who())
     except nodestate.UnknownNode as error:
@@ -321,7 +336,7 @@ def resume(settings: Settings, node: str) -> None:
 @with_settings
 def partitions_command(settings: Settings, as_json: bool) -> None:
     """Partitions with their nodes by state and CPUs allocated/idle/total (as sinfo -s)."""
-    _emit(partitions_module.summary(connect(settings.redis_url)), as_json, lambda rows: _table(
+    _emit(partitions_module.summary(connect(settings)), as_json, lambda rows: _table(
         ["PARTITION", "NODES", "STATES", "CPUS(A/I/T)", "NODELIST"],
         [[p["partition"], p["nodes"], " ".join(f"{k.lower()}:{v}" for k, v in sorted(p["states"].items())),
           f"{p['allocated_cpus']}/{p['idle_cpus']}/{p['total_cpus']}", ",".join(p["node_names"])] for p in rows]))
@@ -356,7 +371,7 @@ def history(settings: Settings, since: str | None, state: str | None, account: s
 @with_settings
 def watch(settings: Settings, job_ids: tuple[int, ...], interval: float) -> None:
     """Show jobs and nodes live until the given jobs (default: all running and pending) have ended."""
-    connection = connect(settings.redis_url)
+    connection = connect(settings)
     shown = ""
     while True:
         rows = [j for j in (jobs.get(connection, i) for i in job_ids) if j] if job_ids else (

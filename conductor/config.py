@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     job_containment: Literal["auto", "required", "off"] = "auto"
     job_pids_max: int = Field(default=4096, ge=8, le=4194304)
     cgroup_parent: str = "conductor"
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: SecretStr = SecretStr("")
     _source: Path | None = PrivateAttr(default=None)
 
     @classmethod
@@ -275,6 +278,42 @@ class Settings(BaseSettings):
     def partitions(self) -> list[str]:
         """The partitions this node serves; empty means every partition."""
         return [name for name in self.node_partitions.split(",") if name]
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",")) if value.strip() else ():
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not re.fullmatch(r"\d{1,5}", port) or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{item!r} is not host:port (a comma-separated list of sentinels)")
+        return value.strip()
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str, info: ValidationInfo) -> str:
+        """Sentinels and the primary's name only make sense together; REDIS_URL then gives the
+        credentials, database and TLS for the primary, so a unix socket cannot be combined."""
+        sentinels = info.data.get("redis_sentinels")
+        if sentinels is None:
+            return value
+        if sentinels and not value:
+            raise ValueError("must name the primary the sentinels watch when REDIS_SENTINELS is set")
+        if value and not sentinels:
+            raise ValueError("needs REDIS_SENTINELS (host:port,...) as well")
+        if value and not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} must be characters of A-Z a-z 0-9 . _ -")
+        if value and str(info.data.get("redis_url", "")).startswith("unix://"):
+            raise ValueError("cannot be used with a unix:// REDIS_URL (sentinels name TCP primaries)")
+        return value
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty when Redis is reached through REDIS_URL alone."""
+        pairs = []
+        for item in self.redis_sentinels.split(",") if self.redis_sentinels else ():
+            host, _, port = item.strip().rpartition(":")
+            pairs.append((host.strip("[]"), int(port)))
+        return pairs
 
     @property
     def queue_name(self) -> str:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis import Redis
 
 from . import keys, scripts, workflow
+from .store import NotReplicated, confirm_replicated
 from .units import parse_memory, parse_time_limit
 
 MAX_SCRIPT_BYTES = 1 << 20
@@ -183,7 +184,13 @@ def submit(connection: Redis, submission: JobSubmission) -> int:
         "dependency_state": "",
     }
     flat = [item for pair in fields.items() for item in pair]
-    return int(scripts.run(connection, "submit", *flat))  # type: ignore[arg-type]
+    job_id = int(scripts.run(connection, "submit", *flat))  # type: ignore[arg-type]
+    try:
+        confirm_replicated(connection)
+    except NotReplicated as error:
+        raise NotReplicated(f"job {job_id} reached the primary but {error}: it is lost if the primary "
+                            f"fails now (`conductor show {job_id}` tells whether it survived)") from None
+    return job_id
 
 
 def _check_dependency(connection: Redis, dependency: workflow.Dependency) -> None:

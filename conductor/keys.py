@@ -113,3 +113,6 @@ def node_drain(name: str) -> str:
 def node_cleanup(name: str) -> str:
     """Short lease: one worker of the node at a time removes job directories whose record expired."""
     return f"{NODE_PREFIX}{name}:cleanup"
+
+
+RECONCILIATIONS = PREFIX + "reconciliations"  # hash kind -> count of repairs after lost writes

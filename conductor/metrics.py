@@ -12,12 +12,13 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 
 from loguru import logger
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 from redis import Redis
 
 from . import jobs, keys, resources
+from .reconcile import counts
 from .jobs import JobState
 from .nodestate import NodeState
 from .store import UNREACHABLE, redacted
@@ -43,7 +44,7 @@ class ConductorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             families = [*job_states(self.connection), *node_ledgers(self.connection),
-                        *job_times(self.connection)]
+                        *job_times(self.connection), *reconciliations(self.connection)]
         except UNREACHABLE as error:
             logger.error("metrics: Redis at {} is unreachable: {}", redacted(self.redis_url), error)
             yield GaugeMetricFamily("conductor_redis_up", "Whether Redis answered this scrape.", value=0)
@@ -136,3 +137,12 @@ def _histogram(name: str, text: str, values: Iterable[float], bounds: Sequence[f
     buckets = [(floatToGoString(bound), float(bisect_right(observed, bound))) for bound in bounds]
     buckets.append(("+Inf", float(len(observed))))
     return HistogramMetricFamily(name, text, buckets=buckets, sum_value=sum(observed))
+
+
+def reconciliations(connection: Redis) -> list[Metric]:
+    """``conductor_reconciliations_total{kind}``: repairs the workers made after Redis lost writes."""
+    family = CounterMetricFamily("conductor_reconciliations", "Repairs of the books after Redis lost writes, by kind.",
+                                 labels=["kind"])
+    for kind, value in sorted(counts(connection).items()):
+        family.add_metric([kind], value)
+    return [family]

@@ -21,7 +21,7 @@ from loguru import logger
 from redis import Redis
 from rq.worker import SimpleWorker
 
-from . import cgroups, keys, procs, scripts
+from . import cgroups, failover, keys, procs, scripts
 from .config import Settings
 from .jobs import timestamp
 
@@ -222,8 +222,11 @@ class Heartbeat(threading.Thread):
         if not scripts.run(self.connection, "heartbeat", name, ttl_ms, f"{time.time():.6f}"):
             logger.warning("record of {} had expired (heartbeats were late); registering again", name)
             register(self.connection, self.settings, self.index, self.job)
+        failover.EPOCH.observe(self.connection)
         self.tick()
         lease = int(self.settings.heartbeat_interval * 1000)
+        if failover.EPOCH.settling(self.settings.heartbeat_ttl):
+            return  # after a failover or restart, live workers first re-assert themselves
         if self.connection.set(keys.MAINTENANCE, name, nx=True, px=lease):
             reap_dead(self.connection)
             self.sweep()

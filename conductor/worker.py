@@ -19,7 +19,7 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.worker import SimpleWorker, WorkerStatus
 
-from . import cgroups, keys, placement, registry, resources, retention, scripts
+from . import cgroups, failover, keys, placement, reconcile, registry, resources, retention, scripts
 from .config import Settings
 from .jobs import JobState
 from .runner import Runner
@@ -46,6 +46,8 @@ class ConductorRQWorker(SimpleWorker):
     RQ ignores a second signal within one second of the first (meant for worker pools, which
     forward duplicates); a single supervised process gets no duplicates, so stop on request.
     """
+
+    max_connection_wait_time = 1.0  # RQ's 60 s would leave a worker idle long after a failover
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         # Local state only: a signal handler must not need Redis, or a stop during an outage is lost.
@@ -118,6 +120,7 @@ def perform(job_id: int) -> None:
     logger.info("Executing job {} ({}, {} CPUs {}, {})", job_id, job["name"], job["cpus"],
                 job["cpu_ids"] or "-", format_memory(int(job["memory"])))
     ctx.heartbeat.job = job_id
+    reconcile.MEMORY.started(job)
     try:
         outcome = ctx.runner.run(job)
     except BaseException as error:
@@ -134,6 +137,7 @@ def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, r
             usage: cgroups.Usage | None = None) -> None:
     """Record the end of a job; through a Redis outage, keep trying: an ended job is never lost."""
     name = ctx.settings.worker_name(ctx.index)
+    reconcile.MEMORY.ended(job_id, state, exit_code, reason)
     code = "" if exit_code is None else exit_code
     delay = 0.1
     while True:
@@ -148,6 +152,7 @@ def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, r
                          job_id, state.value, error, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+    reconcile.confirm_replicated(ctx.connection, job_id)
     if settled == 2:
         logger.warning("Job {} requeued ({})", job_id, reason)
     elif settled:
@@ -184,8 +189,8 @@ def run(settings: Settings, index: int) -> int:
                        "outlive their jobs): {}", containment.reason)
     else:
         logger.info("job containment: {} below {}", containment.mode.value, containment.parent)
-    connection = connect(settings.redis_url)
-    rq_connection = connect(settings.redis_url, decode=False)
+    connection = connect(settings)
+    rq_connection = connect(settings, decode=False)
     scripts.load_all(connection)
     try:
         connection.ping()
@@ -240,7 +245,14 @@ def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
     ctx = _context
     if ctx is None:
         return
-    registry.kill_orphans(ctx.connection, settings.node_name)
+    try:  # before orphans are judged; a failing repair must not stop the node's other duties
+        reconcile.reassert(ctx.connection, settings, settings.worker_name(ctx.index))
+    except UNREACHABLE:
+        raise
+    except Exception:
+        logger.exception("reconciliation failed; it runs again on the next heartbeat")
+    if not failover.EPOCH.settling(settings.heartbeat_ttl):  # a worker not yet re-registered is not dead
+        registry.kill_orphans(ctx.connection, settings.node_name)
     placement.requeue_stalled(ctx.connection, ctx.rq_connection, settings.node_name, 2 * settings.heartbeat_ttl)
     lease = int(settings.heartbeat_interval * 4000)  # one worker of the node, every few beats
     if ctx.connection.set(keys.node_cleanup(settings.node_name), ctx.index, nx=True, px=lease):

@@ -299,3 +299,84 @@ def job_cgroups(config: Path) -> Iterator[str]:
         yield parent
     finally:
         cgroups.remove_tree(parent)
+class SentinelCluster:
+    """A Redis primary, two replicas and three sentinels (``redis-server --sentinel``) on free ports.
+
+    Two replicas, so that after the primary dies the new primary still has one: with sentinels
+    configured a submission is acknowledged only once a replica holds it.
+    """
+
+    MASTER = "conductor"
+
+    def __init__(self, directory: Path, down_after_ms: int = 2000) -> None:
+        self.directory = directory
+        self.primary = RedisServer(directory / "primary")
+        self.replicas: list[RedisServer] = []
+        self.down_after_ms = down_after_ms
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def start(self) -> SentinelCluster:
+        self.primary.start()
+        for i in (1, 2):
+            replica = RedisServer(self.directory / f"replica-{i}",
+                                  extra=("--replicaof", "127.0.0.1", str(self.primary.port),
+                                         "--enable-debug-command", "local"))  # DEBUG SLEEP: a lagging replica
+            self.replicas.append(replica.start())
+        for i, port in enumerate(self.sentinel_ports):
+            directory = self.directory / f"sentinel-{i}"
+            directory.mkdir(parents=True, exist_ok=True)
+            conf = directory / "sentinel.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.MASTER} 10000\n"
+                f"sentinel parallel-syncs {self.MASTER} 2\n"
+            )
+            self.sentinels.append(subprocess.Popen(
+                ["redis-server", str(conf), "--sentinel"],
+                stdout=open(directory / "sentinel.log", "ab"), stderr=subprocess.STDOUT))
+        wait_until(self._ready, timeout=60, what="three sentinels that see both replicas and each other")
+        return self
+
+    def sentinel(self, i: int = 0) -> Redis:
+        return Redis(port=self.sentinel_ports[i], decode_responses=True, socket_timeout=2)
+
+    def _ready(self) -> bool:
+        try:
+            for i in range(3):
+                master = self.sentinel(i).sentinel_master(self.MASTER)
+                if master["num-slaves"] < 2 or master["num-other-sentinels"] < 2:
+                    return False
+            return all(r.client().info("replication")["master_link_status"] == "up" for r in self.replicas)
+        except Exception:
+            return False
+
+    def primary_port(self) -> int:
+        return int(self.sentinel().sentinel_get_master_addr_by_name(self.MASTER)[1])
+
+    def current(self) -> RedisServer:
+        """The server the sentinels name as primary now."""
+        port = self.primary_port()
+        return next(s for s in [self.primary, *self.replicas] if s.port == port)
+
+    def kill_primary(self) -> RedisServer:
+        """SIGKILL the current primary; returns the server killed."""
+        victim = self.current()
+        assert victim.process is not None
+        victim.process.kill()
+        victim.process.wait()
+        return victim
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=20)
+        for server in [*self.replicas, self.primary]:
+            server.stop()

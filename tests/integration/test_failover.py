@@ -1,0 +1,279 @@
+"""High availability: Redis Sentinel failover under a steady job stream, and a restart from an
+older snapshot, with real redis-server and sentinel processes and real worker processes.
+
+What must hold afterwards: every accepted job in exactly one final state, no script run twice,
+the workers' PIDs unchanged (none exited), and ``conductor check --cluster`` clean.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from conductor import jobs, placement, reconcile
+from conductor.config import load_settings
+from conductor.jobs import JobState, JobSubmission
+from conductor.store import UNREACHABLE, NotReplicated, connect
+from support import Node, RedisServer, SentinelCluster, conductor, require, running, wait_until
+
+
+def recording_script(runs: Path, body: str = "sleep 0.2") -> str:
+    """A job that notes each run of itself (id and time), so a second run would show."""
+    return f'#!/bin/bash\necho "$SLURM_JOB_ID $(date +%s.%N)" >> {runs}\n{body}\n'
+
+
+def runs_by_job(runs: Path) -> tuple[Counter[int], list[float]]:
+    lines = [line.split() for line in runs.read_text().splitlines()] if runs.exists() else []
+    return Counter(int(job_id) for job_id, _ in lines), sorted(float(at) for _, at in lines)
+
+
+def assert_cluster_check_passes(config: Path) -> None:
+    result = conductor("check", "--cluster", "--json", config=config, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout) == {"ok": True, "violations": []}
+
+
+class Stream:
+    """Submits short jobs steadily from a thread, as a client would: an id counts as accepted only
+    once ``jobs.submit`` returned it; a refused submission is retried after a short pause."""
+
+    def __init__(self, config: Path, script: str, per_second: float) -> None:
+        self.settings = load_settings(config)
+        self.submission = JobSubmission.model_validate({"job": {"name": "stream"}, "script": script})
+        self.pause = 1.0 / per_second
+        self.accepted: list[int] = []
+        self.refused: list[str] = []
+        self.submit_seconds: list[float] = []
+        self.unexpected: list[BaseException] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # the test reports it instead of a silently dead thread
+            self.unexpected.append(error)
+            raise
+
+    def _run(self) -> None:
+        connection, raw = connect(self.settings), connect(self.settings, decode=False)
+        while not self.stopped.wait(self.pause):
+            began = time.perf_counter()
+            try:
+                job_id = jobs.submit(connection, self.submission)
+            except (NotReplicated, *UNREACHABLE) as error:
+                self.refused.append(str(error))
+                continue
+            self.submit_seconds.append(time.perf_counter() - began)
+            self.accepted.append(job_id)
+            try:
+                placement.place(connection, raw)
+            except UNREACHABLE:
+                pass  # placement runs again on the workers' heartbeats
+
+    def start(self) -> Stream:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=60)
+
+
+@pytest.fixture
+def sentinel_cluster(tmp_path):
+    require("redis-server")
+    with running(SentinelCluster(tmp_path / "redis").start()) as cluster:
+        yield cluster
+
+
+@pytest.mark.reliability("fault: Redis primary SIGKILLed under a steady job stream (Sentinel failover)")
+def test_primary_killed_under_load_fails_over_without_losing_or_repeating_a_job(tmp_path, sentinel_cluster):
+    cluster = sentinel_cluster
+    runs = tmp_path / "runs"
+    node = Node(tmp_path, cluster.primary, WORKER_CONCURRENCY=4, HEARTBEAT_TTL=5,
+                REDIS_SENTINELS=cluster.addresses, REDIS_SENTINEL_MASTER=cluster.MASTER)
+    with running(node):
+        workers = node.start_workers(4)
+        pids = {w.index: w.pid for w in workers}
+        stream = Stream(node.config, recording_script(runs), per_second=20).start()
+        with running(stream):
+            wait_until(lambda: len(runs_by_job(runs)[1]) >= 20, timeout=60, what="the stream to run jobs")
+            killed_at = time.time()
+            victim = cluster.kill_primary()
+            wait_until(lambda: cluster.primary_port() != victim.port, timeout=60, interval=0.05,
+                       what="sentinels to fail over")
+            promoted = time.time() - killed_at
+            wait_until(lambda: any(at > killed_at for at in runs_by_job(runs)[1]), timeout=60,
+                       what="jobs to start again after the failover")
+            resumed = min(at for at in runs_by_job(runs)[1] if at > killed_at) - killed_at
+            accepted_at_kill = len(stream.accepted)
+            wait_until(lambda: len(stream.accepted) >= accepted_at_kill + 40 or stream.unexpected, timeout=60,
+                       what="submissions to be accepted again")
+            assert not stream.unexpected, stream.unexpected
+        new_primary = cluster.current().client()
+        settings = load_settings(node.config)
+        connection = connect(settings)
+
+        def all_final() -> bool:
+            states = [connection.hget(f"conductor:job:{i}", "state") for i in stream.accepted]
+            return all(s is not None and JobState(s).final for s in states)
+
+        wait_until(all_final, timeout=90, what="every accepted job to end")
+        counts, _ = runs_by_job(runs)
+        views = [jobs.get(connection, i) for i in stream.accepted]
+        assert all(v is not None for v in views), "an acknowledged submission was lost"
+        twice = {i: n for i, n in counts.items() if n > 1}
+        assert not twice, f"scripts ran more than once: {twice}"
+        for view in views:
+            if view["state"] == "COMPLETED":
+                assert counts[view["id"]] == 1, view
+        assert {w.index: w.pid for w in workers} == pids
+        assert all(w.process.poll() is None for w in workers), "a worker exited during the failover"
+        assert new_primary.info("server")["tcp_port"] != victim.port
+        assert_cluster_check_passes(node.config)
+        wait_per_submit = sorted(stream.submit_seconds)[len(stream.submit_seconds) // 2]
+        print(f"\nfailover: sentinels named a new primary {promoted:.2f} s and jobs started again "
+              f"{resumed:.2f} s after SIGKILL of the primary; "
+              f"{len(stream.accepted)} accepted, {len(stream.refused)} refused during the failover, "
+              f"submit with WAIT 1 p50 {wait_per_submit * 1000:.2f} ms; states "
+              f"{Counter(v['state'] for v in views)}; repairs {reconcile.counts(connection)}")
+
+
+@pytest.mark.reliability("fault: Redis restarted from a snapshot older than the last writes")
+def test_restart_from_an_older_snapshot_is_reconciled_from_what_workers_know(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    runs = tmp_path / "runs"
+    gates = tmp_path / "gates"
+    gates.mkdir()
+
+    def gated(name: str) -> str:
+        return recording_script(runs, f"while [ ! -e {gates / name} ]; do sleep 0.05; done")
+
+    node = Node(tmp_path, redis, WORKER_CONCURRENCY=4)
+    with running(redis), running(node):
+        workers = node.start_workers(4)
+        pids = {w.index: w.pid for w in workers}
+        client = redis.client()
+        still_running = node.submit(gated("a"))  # running at the snapshot and after the restart
+        ends_later = node.submit(gated("c"))     # running at the snapshot, COMPLETED before the restart
+        for job_id in (still_running, ends_later):
+            wait_until(lambda j=job_id: node.job(j)["worker"], what=f"job {job_id} to be claimed")
+        client.save()
+        snapshot = tmp_path / "snapshot.rdb"
+        shutil.copy(redis.directory / "dump.rdb", snapshot)
+
+        (gates / "c").touch()
+        node.wait_state(ends_later, "COMPLETED")
+        unknown_running = node.submit(gated("b"))  # submitted after the snapshot, running at the restart
+        unknown_done = node.submit(recording_script(runs, "exit 3"))  # after the snapshot, FAILED before it
+        node.wait_state(unknown_done, "FAILED")
+        wait_until(lambda: node.job(unknown_running)["worker"], what="the late job to be claimed")
+
+        assert redis.process is not None
+        redis.process.kill()
+        redis.process.wait()
+        shutil.copy(snapshot, redis.directory / "dump.rdb")
+        redis.start()
+        client = redis.client()
+        assert client.hget(f"conductor:job:{ends_later}", "state") == "RUNNING"  # the snapshot's view
+        assert client.exists(f"conductor:job:{unknown_running}") == 0
+
+        def reaches(job_id: int, state: str) -> dict:
+            """Polls through the moments in which Redis does not know the job at all."""
+            return wait_until(lambda: (j := jobs.get(client, job_id)) is not None and j["state"] == state and j,
+                              timeout=30, what=f"job {job_id} to be {state} again")
+
+        reaches(ends_later, "COMPLETED")
+        assert reaches(unknown_done, "FAILED")["exit_code"] == 3
+        restored = reaches(unknown_running, "RUNNING")
+        wait_until(lambda: node.job(unknown_running)["worker"] is not None, what="the restored job's worker")
+        assert node.job(still_running)["state"] == "RUNNING"
+        assert_cluster_check_passes(node.config)
+        later = node.submit(recording_script(runs, "true"))
+        assert later > unknown_done, "a job id was handed out twice"
+
+        (gates / "a").touch()
+        (gates / "b").touch()
+        for job_id in (still_running, unknown_running, later):
+            node.wait_state(job_id, "COMPLETED", timeout=30)
+        counts, _ = runs_by_job(runs)
+        assert set(counts.values()) == {1}, f"scripts ran more than once: {counts}"
+        assert {w.index: w.pid for w in workers} == pids
+        assert all(w.process.poll() is None for w in workers)
+        repairs = reconcile.counts(client)
+        assert repairs.get("running_restored", 0) >= 1 and repairs.get("outcome_recorded", 0) >= 2, repairs
+        assert restored["node"] == node.name
+        assert_cluster_check_passes(node.config)
+
+
+@pytest.mark.reliability("fault: replicas lagging when a job is submitted (Sentinel)")
+def test_a_submission_no_replica_confirmed_is_not_acknowledged_and_says_which_job(tmp_path, sentinel_cluster):
+    """With sentinels, `submit` answers with an id only once a replica has the job: a job only the
+    primary holds would vanish in a failover, so the client gets an error naming the job instead."""
+    cluster = sentinel_cluster
+    node = Node(tmp_path, cluster.primary, WORKER_CONCURRENCY=1, HEARTBEAT_TTL=5,
+                REDIS_SENTINELS=cluster.addresses, REDIS_SENTINEL_MASTER=cluster.MASTER)
+    with running(node):
+        node.start_workers(1)
+        # redis-cli sends it once (a client library might retry it after its own socket timeout).
+        stalls = [subprocess.Popen(["redis-cli", "-p", str(r.port), "DEBUG", "SLEEP", "6"],
+                                   stdout=subprocess.DEVNULL) for r in cluster.replicas]
+
+        def stalled(replica: RedisServer) -> bool:
+            try:
+                Redis(port=replica.port, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)).ping()
+                return False
+            except RedisTimeoutError:
+                return True
+
+        for replica in cluster.replicas:  # DEBUG SLEEP blocks the replica's event loop: no acks
+            wait_until(lambda r=replica: stalled(r), what=f"replica {replica.port} to stall")
+        result = conductor("submit", "-", config=node.config, input="#!/bin/bash\ntrue\n", check=False)
+        for stall in stalls:
+            assert stall.wait(timeout=30) == 0
+        assert result.returncode == 1, result.stdout
+        assert result.stdout == ""
+        assert "no replica confirmed the write" in result.stderr and "conductor show" in result.stderr
+        job_id = int(result.stderr.split("job ", 1)[1].split()[0])
+        assert node.wait_state(job_id, "COMPLETED")  # the primary survived: the job was not lost
+
+
+@pytest.mark.reliability("fault: a node's ledger out of step with its RUNNING jobs")
+def test_check_cluster_reports_a_broken_ledger_and_a_worker_repairs_it(tmp_path):
+    """`check --cluster` exits 1 naming the violation; within a heartbeat a worker of the node
+    recomputes the ledger from its RUNNING jobs and counts the repair."""
+    with running(RedisServer(tmp_path / "redis").start()) as redis:
+        node = Node(tmp_path, redis, WORKER_CONCURRENCY=1)
+        with running(node):
+            client = redis.client()
+            client.hset("conductor:reconciliations", "ledger_recomputed", 0)
+            node.start_workers(1)
+            assert_cluster_check_passes(node.config)
+            client.hincrby(f"conductor:node:{node.name}", "allocated_cpus", 3)  # as after lost writes
+            # The worker may already have repaired it; when the check sees it first, it must say so.
+            result = conductor("check", "--cluster", "--json", config=node.config, check=False)
+            if result.returncode != 0:
+                assert result.returncode == 1
+                assert any("allocated CPUs 3 != 0" in v for v in json.loads(result.stdout)["violations"])
+            wait_until(lambda: reconcile.counts(client).get("ledger_recomputed", 0) >= 1,
+                       what="a worker to recompute the ledger")
+            assert_cluster_check_passes(node.config)
+            client.delete(f"conductor:node:{node.name}")  # what no worker can repair: a vanished ledger
+            client.sadd(f"conductor:node:{node.name}:running", 999)
+            client.hset("conductor:job:999", mapping={"state": "COMPLETED", "node": node.name})
+            node.stop()
+            result = conductor("check", "--cluster", config=node.config, check=False)
+            assert result.returncode == 1
+            assert "job 999 holds resources but is COMPLETED" in result.stdout or "has no ledger" in result.stdout
