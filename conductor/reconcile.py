@@ -141,7 +141,8 @@ def reassert(connection: Redis, settings: Settings, worker: str, memory: Memory 
     memory.suspects = strays - memory.suspects
 
     if repairs or invariants.ledger_violations(connection, node):
-        resources.node_up(connection, settings)
+        containment = connection.hget(keys.node(node), "containment") or "none"  # as the node declared it
+        resources.node_up(connection, settings, containment)
         if not repairs:
             logger.warning("reconcile: ledger of node {} did not match its RUNNING jobs; recomputed", node)
         repairs.append("ledger_recomputed")
