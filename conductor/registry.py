@@ -225,7 +225,8 @@ class Heartbeat(threading.Thread):
         failover.EPOCH.observe(self.connection)
         self.tick()
         lease = int(self.settings.heartbeat_interval * 1000)
-        if failover.EPOCH.settling(self.settings.heartbeat_ttl):
+        # Observed again right before reaping: Redis may have restarted during this very beat.
+        if failover.EPOCH.observe(self.connection) or failover.EPOCH.settling(self.settings.heartbeat_ttl):
             return  # after a failover or restart, live workers first re-assert themselves
         if self.connection.set(keys.MAINTENANCE, name, nx=True, px=lease):
             reap_dead(self.connection)
