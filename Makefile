@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: run stop status reload test bench soak wheelhouse deploy verify clean
+.PHONY: run stop status reload test bench bench-containment soak wheelhouse deploy verify clean
 
 $(READY): pyproject.toml deploy/bootstrap.sh
 	deploy/bootstrap.sh
@@ -27,6 +27,9 @@ test: $(READY)  ## the whole test suite
 
 bench: $(READY)  ## benchmarks against rq worker-pool and friends; writes docs/BENCHMARKS.md and docs/bench.png
 	$(BIN)/python -m bench
+
+bench-containment: $(READY)  ## as root: 1,000 trivial jobs with job containment off and on, start latency with it on
+	$(BIN)/python -m bench.containment
 
 soak: $(READY)  ## the chaos soak at full size: 2,000 jobs, workers killed at random, a Redis restart
 	SOAK_JOBS=2000 $(BIN)/pytest tests/integration/test_soak.py
