@@ -107,6 +107,8 @@ class JobView(BaseModel):
     cpu_ids: list[int] = Field(description="the CPUs the job is bound to on its node")
     requeue: bool = Field(default=False, description="runs again once if its worker dies (sbatch --requeue)")
     requeued: int = Field(default=0, description="how many times it was queued again")
+    array_job_id: int | None = Field(default=None, description="the array's id (its first task's), for a task of a job array")
+    array_task_id: int | None = Field(default=None, description="the task's index in its array")
     dependency: str | None = Field(default=None, description="its --dependency, normalised; reason "
                                    "Dependency while unmet, DependencyNeverSatisfied once it cannot be met")
     pending_reason: str | None = Field(
@@ -288,7 +290,8 @@ SUBMIT_LINKS = {  # lets generated clients (and schemathesis) follow a new job t
 def submit_job(submission: JobSubmission, ctx: Ctx) -> Submitted:
     """Store a job (PENDING) and place it at once if a node has room: the seed's request, verbatim."""
     _require_unicode(submission)
-    job_id = partitions.submit(ctx.connection, submission, ctx.settings.allow_unknown_partitions)
+    job_id = partitions.submit(ctx.connection, submission, ctx.settings.allow_unknown_partitions,
+                               ctx.settings.max_array_size)
     return Submitted(job_id=job_id, state=_place(ctx, job_id))
 
 
@@ -411,7 +414,7 @@ def job_output(
     which node to ask.
     """
     job = _job_or_404(ctx, job_id)  # state first: once final, the file no longer grows
-    path = runner.output_file(ctx.settings.job_root, job_id)
+    path = runner.output_file(ctx.settings.job_root, job_id, job.get("array_job_id"), job.get("array_task_id"))
     try:
         data, size = _read_chunk(path, offset, limit)
     except FileNotFoundError:

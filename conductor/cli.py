@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import click
 from pydantic import ValidationError
 from redis import Redis
 
-from . import cgroups, jobs, placement, registry, render, resources, worker
+from . import cgroups, jobs, keys, placement, registry, render, resources, worker
 from . import accounting, nodestate, squeue
 from . import partitions as partitions_module
 from .config import ConfigError, Settings, load_settings
@@ -149,13 +150,15 @@ def render_command(settings: Settings, target: str, out: Path) -> None:
 @click.option("--time-limit", "-t", default=None, help="minutes, or [D-]HH:MM:SS")
 @click.option("--requeue", is_flag=True, help="run the job again once if its worker dies")
 @click.option("--env", "environment", multiple=True, metavar="NAME=VALUE", help="set a variable for the job (repeatable)")
+@click.option("--array", "-a", default=None, metavar="INDICES",
+              help="a job array: 0-999, 1,3,5, 0-15:4, with %N to run at most N tasks at once")
 @click.option("--dependency", "-d", default=None, metavar="LIST",
               help="start only after other jobs: afterok:ID[:ID...], after, afterany, afternotok, singleton; "
                    "',' = all, '?' = any")
 @with_settings
 def submit(settings: Settings, script: Any, name: str | None, account: str, partition: str,
            ntasks_per_node: int, cpus_per_task: int, mem: str, time_limit: str | None,
-           requeue: bool, environment: tuple[str, ...], dependency: str | None) -> None:
+           requeue: bool, environment: tuple[str, ...], dependency: str | None, array: str | None) -> None:
     """Submit SCRIPT (a file, or - for stdin) as a batch job; prints the job id."""
     body = {
         "job": {
@@ -169,6 +172,7 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
             "environment": dict(_pair(item) for item in environment),
             "requeue": requeue,
             "dependency": dependency,
+            "array": array,
         },
         "script": _read_script(script),
     }
@@ -177,7 +181,8 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
     except ValidationError as error:
         raise Failure("\n".join(_describe(e) for e in error.errors()), 2) from None
     connection, rq_connection = _connections(settings)
-    job_id = partitions_module.submit(connection, submission, settings.allow_unknown_partitions)
+    job_id = partitions_module.submit(connection, submission, settings.allow_unknown_partitions,
+                                      settings.max_array_size)
     placement.place(connection, rq_connection)
     click.echo(job_id)
 
@@ -223,7 +228,8 @@ def show(settings: Settings, job_id: int, as_json: bool) -> None:
               help=f"squeue's %-fields, e.g. '{squeue.DEFAULT}'")
 @with_settings
 def jobs_command(settings: Settings, state: str | None, limit: int, as_json: bool, format_: str | None) -> None:
-    """List jobs, newest first; PENDING ones with the reason they wait."""
+    """List jobs, newest first; PENDING ones with the reason they wait, and the part of each job
+    array not yet materialised as squeue shows it (``123_[5-999%16]``)."""
     if format_ is not None:
         try:
             squeue.parse(format_)
@@ -234,23 +240,52 @@ def jobs_command(settings: Settings, state: str | None, limit: int, as_json: boo
     if format_ is not None and not as_json:
         click.echo(squeue.render(format_, found))
         return
-    _emit(found, as_json, _jobs_table)
+    if as_json or state not in (None, "PENDING", "pending"):
+        _emit(found, as_json, _jobs_table)
+        return
+    arrays = sorted({j["array_job_id"] for j in found if j.get("array_job_id")}, reverse=True)
+    rest = jobs.array_remainders(connection, arrays)
+    template = {j["array_job_id"]: j for j in found if j.get("array_job_id")}
+    pending_parts = [{**template[a], "id": f"{a}_[{text}]", "array_job_id": None, "state": "PENDING",
+                      "node": None, "worker": None, "exit_code": None, "reason": None, "pending_reason": None}
+                     for a, text in rest.items()]
+    _emit(pending_parts + found, as_json, _jobs_table)
 
 
 def _jobs_table(rows: list[dict[str, Any]]) -> str:
     return _table(
         ["JOBID", "NAME", "ACCOUNT", "STATE", "CPUS", "MEM", "NODE", "WORKER", "EXIT", "REASON"],
-        [[j["id"], j["name"], j["account"], j["state"], j["cpus"], format_memory(j["memory"] or 0),
+        [[_job_label(j), j["name"], j["account"], j["state"], j["cpus"], format_memory(j["memory"] or 0),
           j["node"], j["worker"], j["exit_code"], j.get("pending_reason") or j["reason"]] for j in rows],
     )
 
 
+def _job_label(job: dict[str, Any]) -> Any:
+    """An array task as squeue shows it, ``<array job id>_<task index>``; other jobs by id."""
+    if job.get("array_job_id") is not None and job.get("array_task_id") is not None:
+        return f"{job['array_job_id']}_{job['array_task_id']}"
+    return job["id"]
+
+
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id")
 @with_settings
-def cancel(settings: Settings, job_id: int) -> None:
-    """Cancel a PENDING or RUNNING job (every process of a running one is stopped)."""
-    answer = jobs.cancel(connect(settings), job_id)
+def cancel(settings: Settings, job_id: str) -> None:
+    """Cancel a PENDING or RUNNING job (every process of a running one is stopped); ID_N cancels
+    one task of a job array, the array's id all of it."""
+    match = re.fullmatch(r"([0-9]+)(?:_([0-9]+))?", job_id)
+    if not match:
+        raise Failure(f"{job_id!r} is not a job id (123, or 123_7 for one task of an array)", 2)
+    connection = connect(settings)
+    if match[2] is not None or connection.exists(keys.array(match[1])):
+        answers = jobs.cancel_array(connection, int(match[1]), None if match[2] is None else int(match[2]))
+        if answers == ["missing"]:
+            raise Failure(f"job {job_id} does not exist")
+        if match[2] is not None and answers[0].startswith("final:"):
+            raise Failure(f"job {job_id} has already ended ({answers[0].split(':', 1)[1]})")
+        click.echo(f"job {job_id}: {'cancelled' if all(a == 'cancelled' for a in answers) else 'cancel requested'}")
+        return
+    answer = jobs.cancel(connection, int(job_id))
     if answer == "missing":
         raise Failure(f"job {job_id} does not exist")
     if answer.startswith("final:"):

@@ -149,6 +149,7 @@ class Settings(BaseSettings):
     redis_sentinels: str = ""
     redis_sentinel_master: str = ""
     redis_sentinel_password: SecretStr = SecretStr("")
+    max_array_size: int = Field(default=1001, ge=1, le=4_000_001)  # array indices 0..N-1 (Slurm's MaxArraySize)
     _source: Path | None = PrivateAttr(default=None)
 
     @classmethod

@@ -66,6 +66,10 @@ class JobSpec(BaseModel):
     )
     environment: dict[str, str] = Field(default_factory=dict, max_length=256)
     requeue: bool = Field(default=False, description="run again once if the worker dies (sbatch --requeue)")
+    array: str | None = Field(
+        default=None, max_length=4096,
+        description="sbatch --array: indices (0-15, 1,3,5, 0-15:4) and an optional %N limit on tasks running at once",
+    )
     dependency: str | None = Field(
         default=None, max_length=4096,
         description="sbatch --dependency: after|afterany|afterok|afternotok:<id>[:<id>...] or singleton, "
@@ -88,6 +92,11 @@ class JobSpec(BaseModel):
     @classmethod
     def _time_limit(cls, value: Any) -> float | None:
         return None if value is None else parse_time_limit(value)
+
+    @field_validator("array")
+    @classmethod
+    def _array(cls, value: str | None) -> str | None:
+        return None if value is None else workflow.check_array(value)
 
     @field_validator("dependency")
     @classmethod
@@ -141,7 +150,7 @@ def largest_node(connection: Redis) -> tuple[int, int]:
     return cpus, memory
 
 
-def submit(connection: Redis, submission: JobSubmission) -> int:
+def submit(connection: Redis, submission: JobSubmission, max_array_size: int = 1001) -> int:
     """Store ``submission`` as a PENDING job and return its id, or raise :class:`JobRejected`."""
     spec = submission.job
     max_cpus, max_memory = largest_node(connection)
@@ -160,6 +169,10 @@ def submit(connection: Redis, submission: JobSubmission) -> int:
         )
     if spec.dependency:
         _check_dependency(connection, workflow.parse_dependency(spec.dependency))
+    try:
+        array = workflow.parse_array(spec.array, max_array_size) if spec.array else None
+    except workflow.ArrayError as error:
+        raise JobRejected("job.array", str(error)) from None
     fields = {
         "name": spec.name,
         "account": spec.account,
@@ -182,6 +195,13 @@ def submit(connection: Redis, submission: JobSubmission) -> int:
         "ended_at": "",
         "dependency": spec.dependency or "",
         "dependency_state": "",
+        "array": str(array) if array else "",
+        "array_job_id": "",
+        "array_task_id": "",
+        "array_task_count": array.count if array else "",
+        "array_task_min": array.runs[0][0] if array else "",
+        "array_task_max": array.runs[-1][1] if array else "",
+        "array_task_step": array.step if array else "",
     }
     flat = [item for pair in fields.items() for item in pair]
     job_id = int(scripts.run(connection, "submit", *flat))  # type: ignore[arg-type]
@@ -198,7 +218,12 @@ def _check_dependency(connection: Redis, dependency: workflow.Dependency) -> Non
     for condition in dependency.conditions:
         for job_id in condition.job_ids:
             if "_" in job_id:
-                raise JobRejected("job.dependency", f"{job_id}: job {job_id.partition('_')[0]} is not an array")
+                array_id, _, index = job_id.partition("_")
+                spec = connection.hget(keys.array(array_id), "spec")
+                if spec is None:
+                    raise JobRejected("job.dependency", f"{job_id}: job {array_id} is not an array")
+                if int(index) not in workflow.parse_normalised_array(spec).indices():
+                    raise JobRejected("job.dependency", f"{job_id}: array {array_id} has no task {index}")
     ids = dependency.job_ids()
     with connection.pipeline(transaction=False) as pipe:
         for job_id in ids:
@@ -220,7 +245,47 @@ VIEW_FIELDS = (
     "exit_code", "reason", "submitted_at", "started_at", "ended_at", "ntasks_per_node",
     "cpus_per_task", "time_limit", "cpu_ids", "requeue", "requeued", "dependency",
     "max_rss", "cpu_time", "oom_killed",
+    "array_job_id", "array_task_id",
 )
+
+
+def cancel_array(connection: Redis, array_job_id: int, task: int | None = None,
+                 reason: str = "cancelled by user") -> list[str]:
+    """Cancel a whole array (``task`` None) or one task: the part not yet materialised at once and
+    atomically, then each materialised task as :func:`cancel` does. Returns their answers
+    ('missing' for no such array or task index, 'cancelled' for a task never materialised)."""
+    if task is not None:
+        spec = connection.hget(keys.array(array_job_id), "spec")
+        if spec is None or task not in workflow.parse_normalised_array(spec).indices():
+            return ["missing"]
+    answer = scripts.run(connection, "cancel_array", array_job_id, "" if task is None else task)
+    kind, *task_ids = answer  # type: ignore[misc]
+    if kind == "missing":
+        return ["missing"]
+    if kind == "skipped":
+        return ["cancelled"]
+    if kind == "final":
+        return ["final:CANCELLED"]
+    return [cancel(connection, int(task_id), reason) for task_id in task_ids]
+
+
+def array_remainders(connection: Redis, array_job_ids: list[int]) -> dict[int, str]:
+    """The not yet materialised part of each array, as squeue shows it (``5-999%16``); arrays with
+    nothing left are left out."""
+    with connection.pipeline(transaction=False) as pipe:
+        for array_id in array_job_ids:
+            pipe.hmget(keys.array(array_id), "spec", "run", "next", "cancelled")
+            pipe.smembers(keys.array(array_id) + ":skip")
+        replies = pipe.execute()
+    found = {}
+    for array_id, (spec, run, next_index, cancelled), skipped in zip(array_job_ids, replies[::2], replies[1::2]):
+        if spec is None or cancelled == "1":
+            continue
+        rest = workflow.remaining(workflow.parse_normalised_array(spec), int(run), int(next_index),
+                                  {int(i) for i in skipped})
+        if rest:
+            found[array_id] = rest
+    return found
 
 
 def get(connection: Redis, job_id: int) -> dict[str, Any] | None:
@@ -284,6 +349,8 @@ def view(raw: dict[str, str | None]) -> dict[str, Any]:
         "max_rss": number("max_rss"),
         "cpu_time": float(raw["cpu_time"]) if raw.get("cpu_time") else None,
         "oom_killed": raw.get("oom_killed") == "1" if raw.get("oom_killed") else None,
+        "array_job_id": number("array_job_id"),
+        "array_task_id": number("array_task_id"),
     }
 
 

@@ -19,6 +19,7 @@ STATE_PREFIX = PREFIX + "state:"
 NODE_PREFIX = PREFIX + "node:"
 PENDING_CLASS_PREFIX = PREFIX + "pending:"
 ACTIVE_NAME_PREFIX = PREFIX + "active-name:"
+ARRAY_PREFIX = PREFIX + "array:"
 WORKER_PREFIX = "worker:"
 
 
@@ -42,6 +43,14 @@ def active_by_name(account: str, name: str) -> str:
     """Sorted set (score = id) of the not yet ended jobs of one account and job name: what
     ``--dependency=singleton`` waits for. The account's length keeps the pair unambiguous."""
     return f"{ACTIVE_NAME_PREFIX}{len(account.encode())}:{account}:{name}"
+
+
+def array(array_job_id: int | str) -> str:
+    """Hash of a job array: its normalised spec, the cursor of the next task to materialise
+    (``run``, ``next``), counters, and ``task:<index>`` -> job id of each materialised task.
+    ``<key>:template`` holds the fields every task copies, ``<key>:tasks`` the ids of its tasks not
+    yet ended, ``<key>:skip`` the indices cancelled before they were materialised."""
+    return f"{ARRAY_PREFIX}{array_job_id}"
 
 
 def state(name: str) -> str:

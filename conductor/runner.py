@@ -46,8 +46,10 @@ def job_dir(job_root: Path, job_id: int | str) -> Path:
     return job_root / str(int(job_id))
 
 
-def output_file(job_root: Path, job_id: int | str) -> Path:
-    """The job's combined stdout and stderr, named as Slurm names it."""
+def output_file(job_root: Path, job_id: int | str, array_job_id: object = None, array_task_id: object = None) -> Path:
+    """The job's combined stdout and stderr, named as Slurm names it (``slurm-%A_%a.out`` for an array task)."""
+    if array_job_id not in (None, "") and array_task_id not in (None, ""):
+        return job_dir(job_root, job_id) / f"slurm-{int(array_job_id)}_{int(array_task_id)}.out"  # type: ignore[call-overload]
     return job_dir(job_root, job_id) / f"slurm-{int(job_id)}.out"
 
 
@@ -117,7 +119,7 @@ class Runner:
                group: cgroups.JobGroup | None = None) -> subprocess.Popen[bytes]:
         directory = job_dir(self.job_root, job_id)
         script = self._write_script(directory, job["script"])
-        with open(output_file(self.job_root, job_id), "ab") as output, self._bound(job):
+        with open(output_file(self.job_root, job_id, job.get("array_job_id"), job.get("array_task_id")), "ab") as output, self._bound(job):
             return subprocess.Popen(
                 ["/bin/bash", str(script)],
                 cwd=directory,
@@ -205,6 +207,15 @@ class Runner:
             "SLURMD_NODENAME": self.node,
             "SLURM_SUBMIT_DIR": str(directory),
         })
+        if job.get("array_job_id"):
+            env.update({
+                "SLURM_ARRAY_JOB_ID": job["array_job_id"],
+                "SLURM_ARRAY_TASK_ID": job["array_task_id"],
+                "SLURM_ARRAY_TASK_COUNT": job["array_task_count"],
+                "SLURM_ARRAY_TASK_MIN": job["array_task_min"],
+                "SLURM_ARRAY_TASK_MAX": job["array_task_max"],
+                "SLURM_ARRAY_TASK_STEP": job["array_task_step"],
+            })
         return env
 
     def _wait(self, job_id: int, process: subprocess.Popen[bytes], time_limit: float | None) -> Outcome:

@@ -91,3 +91,128 @@ def _condition(part: str) -> Condition:
             raise DependencyError(f"{part!r}: {job_id!r} is not a job id (123, or 123_7 for an array task)")
         job_ids.append(job_id)
     return Condition(kind, tuple(job_ids))
+
+
+# --- job arrays (sbatch --array) ------------------------------------------------------------------
+
+ARRAY_INDEX_BOUND = 4_000_001  # the syntax's own bound (Slurm's largest MaxArraySize); MAX_ARRAY_SIZE is the setting
+_ARRAY_ITEM = re.compile(r"(0|[1-9][0-9]{0,8})(?:-(0|[1-9][0-9]{0,8})(?::([1-9][0-9]{0,8}))?)?")
+
+
+class ArrayError(ValueError):
+    """An ``--array`` value outside the grammar or over the size limit; the message says which part."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """A parsed ``--array``: task indices as ascending, disjoint arithmetic runs, and the ``%N`` limit.
+
+    ``str()`` is the normalised form the Lua scripts iterate lazily (``start-end:step`` runs joined
+    by ``,``, then ``%N``): a 10,000-task array is one short string, not 10,000 records.
+    """
+
+    runs: tuple[tuple[int, int, int], ...]
+    limit: int = 0  # 0: no limit on tasks running at once
+
+    def __str__(self) -> str:
+        text = ",".join(f"{start}-{end}:{step}" for start, end, step in self.runs)
+        return text + (f"%{self.limit}" if self.limit else "")
+
+    def indices(self) -> list[int]:
+        return [i for start, end, step in self.runs for i in range(start, end + 1, step)]
+
+    @property
+    def count(self) -> int:
+        return sum((end - start) // step + 1 for start, end, step in self.runs)
+
+    @property
+    def step(self) -> int:
+        """SLURM_ARRAY_TASK_STEP: the step of a single run, else 1."""
+        return self.runs[0][2] if len(self.runs) == 1 else 1
+
+
+def check_array(text: str) -> str:
+    """``text`` (stripped) if it follows the grammar, without expanding it: the request model checks
+    syntax; the size limit is a setting, applied by :func:`parse_array` at submit."""
+    _array_items(text.strip(), ARRAY_INDEX_BOUND)
+    return text.strip()
+
+
+def parse_array(text: str, max_array_size: int) -> ArraySpec:
+    """``text`` as sbatch's ``--array`` (``0-15``, ``1,3,5``, ``0-15:4``, ``...%N``); every index must
+    be below ``max_array_size`` (Slurm's MaxArraySize), or :class:`ArrayError` says why not.
+    Each range is checked against the limit before it is expanded."""
+    items, limit = _array_items(text.strip(), max_array_size)
+    indices: set[int] = set()
+    for start, end, step in items:
+        indices.update(range(start, end + 1, step))
+    return ArraySpec(_runs(sorted(indices)), limit)
+
+
+def _array_items(text: str, max_array_size: int) -> tuple[list[tuple[int, int, int]], int]:
+    body, percent, limit_text = text.partition("%")
+    limit = 0
+    if percent:
+        if not re.fullmatch(r"[1-9][0-9]{0,8}", limit_text):
+            raise ArrayError(f"{text!r}: the limit after '%' must be a positive integer")
+        limit = int(limit_text)
+    if not body:
+        raise ArrayError("empty array index list")
+    items = []
+    for item in body.split(","):
+        match = _ARRAY_ITEM.fullmatch(item)
+        if not match:
+            raise ArrayError(f"{item!r} is not an index, a range N-M or a stepped range N-M:S")
+        start = int(match[1])
+        end = int(match[2]) if match[2] is not None else start
+        step = int(match[3]) if match[3] is not None else 1
+        if end < start:
+            raise ArrayError(f"{item!r}: the range ends before it starts")
+        if end >= max_array_size:
+            raise ArrayError(f"{item!r}: index {end} is over the limit (MAX_ARRAY_SIZE={max_array_size}: "
+                             f"indices 0..{max_array_size - 1})")
+        items.append((start, end, step))
+    return items, limit
+
+
+def _runs(ordered: list[int]) -> tuple[tuple[int, int, int], ...]:
+    """Sorted distinct indices as greedy arithmetic runs (0,4,8,12 -> 0-12:4)."""
+    runs = []
+    i = 0
+    while i < len(ordered):
+        start = ordered[i]
+        if i + 1 == len(ordered):
+            runs.append((start, start, 1))
+            break
+        step = ordered[i + 1] - start
+        j = i + 1
+        while j + 1 < len(ordered) and ordered[j + 1] - ordered[j] == step:
+            j += 1
+        if j == i + 1 and i + 2 < len(ordered) and ordered[i + 2] - ordered[i + 1] != step:
+            runs.append((start, start, 1))  # a lone index, not a two-element run
+            i += 1
+            continue
+        runs.append((start, ordered[j], step))
+        i = j + 1
+    return tuple(runs)
+
+
+def remaining(spec: ArraySpec, run: int, next_index: int, skipped: set[int]) -> str:
+    """The not yet materialised part of an array as squeue shows it: ``5-999%16``, ``[5,7,9-20:2]``.
+
+    ``run`` (1-based) and ``next_index`` are the cursor the Lua scripts keep; '' when nothing is left.
+    """
+    left = [i for number, (start, end, step) in enumerate(spec.runs, 1) if number >= run
+            for i in range(next_index if number == run else start, end + 1, step) if i not in skipped]
+    if not left:
+        return ""
+    parts = [f"{a}" if a == b else f"{a},{b}" if b - a == s and s != 1 else f"{a}-{b}" + (f":{s}" if s != 1 else "")
+             for a, b, s in _runs(left)]
+    return ",".join(parts) + (f"%{spec.limit}" if spec.limit else "")
+
+
+def parse_normalised_array(text: str) -> ArraySpec:
+    """The form ``str(ArraySpec)`` wrote (read back from a job record)."""
+    body, _, limit = text.partition("%")
+    runs = tuple(tuple(int(n) for n in re.split("[-:]", run)) for run in body.split(","))
+    return ArraySpec(runs, int(limit or 0))  # type: ignore[arg-type]

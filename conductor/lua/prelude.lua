@@ -45,8 +45,37 @@ local function active_name_key(account, name)
   return ACTIVE_NAME_PREFIX .. string.len(account) .. ':' .. account .. ':' .. name
 end
 
+local function array_key(id) return ARRAY_PREFIX .. id end
+
+-- A dependency on a whole array (afterok:<array job id>) is on every one of its tasks.
+local function array_met(kind, key)
+  local a = redis.call('HMGET', key, 'count', 'ended', 'bad', 'begun')
+  local count, ended, bad = tonumber(a[1]), tonumber(a[2] or 0), tonumber(a[3] or 0)
+  if kind == 'after' then return tonumber(a[4] or 0) >= count and 'yes' or 'no' end
+  if kind == 'afterok' and bad > 0 then return 'never' end
+  if ended < count then return 'no' end
+  if kind == 'afternotok' then return bad > 0 and 'yes' or 'never' end
+  return 'yes'
+end
+
 local function after_met(kind, parent)
-  local state = redis.call('HGET', job_key(parent), 'state')
+  local state
+  local array_id, index = string.match(parent, '^(%d+)_(%d+)$')
+  if array_id then
+    local key = array_key(array_id)
+    local task = redis.call('HGET', key, 'task:' .. index)
+    if task then
+      state = redis.call('HGET', job_key(task), 'state')
+    elseif redis.call('SISMEMBER', key .. ':skip', index) == 1 or redis.call('HGET', key, 'cancelled') == '1' then
+      state = 'CANCELLED'
+    elseif redis.call('EXISTS', key) == 1 then
+      state = 'PENDING'
+    end
+  elseif redis.call('EXISTS', array_key(parent)) == 1 then
+    return array_met(kind, array_key(parent))
+  else
+    state = redis.call('HGET', job_key(parent), 'state')
+  end
   if not state then return 'never' end
   if kind == 'after' then return state == 'PENDING' and 'no' or 'yes' end
   if state == 'PENDING' or state == 'RUNNING' then return 'no' end
@@ -103,6 +132,91 @@ local function update_dependency(id)
   end
 end
 
+-- Every job a dependency names tells the dependent when it starts or ends (an array task: its
+-- array, whose id is its first task's). Singleton: every earlier job of the same account and name.
+local function register_dependents(id, dependency, active)
+  for condition in string.gmatch(dependency, '[^,?]+') do
+    if condition == 'singleton' then
+      for _, other in ipairs(redis.call('ZRANGEBYSCORE', active, '-inf', '(' .. id)) do
+        redis.call('SADD', dependents_key(other), id)
+      end
+    else
+      local kind = string.match(condition, '^(%a+)')
+      for parent in string.gmatch(string.sub(condition, #kind + 2), '[^:]+') do
+        local array_id = string.match(parent, '^(%d+)_%d+$') or parent
+        local state = redis.call('HGET', job_key(array_id), 'state')
+        if state == 'PENDING' or state == 'RUNNING' or redis.call('EXISTS', array_key(array_id)) == 1 then
+          redis.call('SADD', dependents_key(array_id), id)
+        end
+      end
+    end
+  end
+end
+
+-- Re-evaluate the dependents of job (or array) ``id``; forget them once nothing can change.
+local function notify_dependents(id, done)
+  for _, child in ipairs(redis.call('SMEMBERS', dependents_key(id))) do update_dependency(child) end
+  if done then redis.call('DEL', dependents_key(id)) end
+end
+
+-- The next index at an array's cursor (run, next), advancing it; nil once every index is out.
+local function next_task_index(key)
+  local a = redis.call('HMGET', key, 'spec', 'run', 'next')
+  local runs = {}
+  for first, last, step in string.gmatch(a[1], '(%d+)-(%d+):(%d+)') do
+    table.insert(runs, {tonumber(first), tonumber(last), tonumber(step)})
+  end
+  local run, value = tonumber(a[2]), tonumber(a[3])
+  while run <= #runs do
+    local index = value
+    value = index + runs[run][3]
+    if value > runs[run][2] then
+      run = run + 1
+      value = runs[run] and runs[run][1] or 0
+    end
+    redis.call('HSET', key, 'run', run, 'next', value)
+    if redis.call('SISMEMBER', key .. ':skip', index) == 0 then return index end
+  end
+  return nil
+end
+
+-- Materialise an array's tasks lazily: one PENDING task at a time (placing it materialises the
+-- next, in the same pass), and never more tasks not yet ended than its %N limit.
+local function array_fill(array_id)
+  local key = array_key(array_id)
+  local a = redis.call('HMGET', key, 'limit', 'cancelled')
+  if a[2] == '1' then return end
+  local limit = tonumber(a[1] or 0)
+  while tonumber(redis.call('HGET', key, 'pending') or 0) < 1
+      and (limit == 0 or redis.call('ZCARD', key .. ':tasks') < limit) do
+    local index = next_task_index(key)
+    if not index then return end
+    local id = redis.call('INCR', NEXT_JOB_ID)
+    redis.call('HSET', job_key(id), unpack(redis.call('HGETALL', key .. ':template')))
+    redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), 'array_task_id', index)
+    redis.call('ZADD', JOBS, id, id)
+    redis.call('ZADD', state_key('PENDING'), id, id)
+    redis.call('ZADD', key .. ':tasks', id, id)
+    redis.call('HSET', key, 'task:' .. index, id)
+    redis.call('HINCRBY', key, 'pending', 1)
+    redis.call('HINCRBY', key, 'materialized', 1)
+    local j = redis.call('HMGET', job_key(id), 'account', 'name', 'dependency')
+    local active = active_name_key(j[1], j[2])
+    redis.call('ZADD', active, id, id)
+    if j[3] and j[3] ~= '' then
+      register_dependents(id, j[3], active)
+      redis.call('HSET', job_key(id), 'dependency_state', 'waiting', 'reason', 'Dependency')
+      update_dependency(id)
+    end
+    pending_add(id)
+  end
+end
+
+local function array_done(key)
+  local a = redis.call('HMGET', key, 'ended', 'count')
+  return tonumber(a[1] or 0) >= tonumber(a[2] or 0)
+end
+
 local function move_state(id, from, to)
   redis.call('ZREM', state_key(from), id)
   redis.call('ZADD', state_key(to), id, id)
@@ -110,15 +224,32 @@ local function move_state(id, from, to)
   if from == 'PENDING' then pending_remove(id) end
   if to == 'PENDING' then pending_add(id) end
   local final = to ~= 'PENDING' and to ~= 'RUNNING'
-  if final then
-    local j = redis.call('HMGET', job_key(id), 'account', 'name')
-    if j[1] and j[2] then redis.call('ZREM', active_name_key(j[1], j[2]), id) end
+  local j = redis.call('HMGET', job_key(id), 'account', 'name', 'array_job_id')
+  if final and j[1] and j[2] then redis.call('ZREM', active_name_key(j[1], j[2]), id) end
+  local array_id = j[3]
+  if array_id == '' then array_id = nil end
+  if array_id then
+    local key = array_key(array_id)
+    if from == 'PENDING' then
+      redis.call('HINCRBY', key, 'pending', -1)
+      redis.call('HINCRBY', key, 'begun', 1)
+    end
+    if to == 'PENDING' then redis.call('HINCRBY', key, 'pending', 1) end
+    if final then
+      redis.call('ZREM', key .. ':tasks', id)
+      redis.call('HINCRBY', key, 'ended', 1)
+      if to ~= 'COMPLETED' then redis.call('HINCRBY', key, 'bad', 1) end
+    end
   end
   -- Dependents are released in the very transition that meets their dependency.
   if from == 'PENDING' or final then
-    for _, child in ipairs(redis.call('SMEMBERS', dependents_key(id))) do update_dependency(child) end
-    if final then redis.call('DEL', dependents_key(id)) end
+    if array_id then
+      notify_dependents(array_id, final and array_done(array_key(array_id)))
+    else
+      notify_dependents(id, final)
+    end
   end
+  if array_id then array_fill(array_id) end
 end
 
 -- Give a RUNNING job's CPUs and memory back to its node; the only place resources are released.

@@ -3,25 +3,26 @@ local id = redis.call('INCR', NEXT_JOB_ID)
 redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), unpack(ARGV))
 redis.call('ZADD', JOBS, id, id)
 redis.call('ZADD', state_key('PENDING'), id, id)
-local j = redis.call('HMGET', job_key(id), 'account', 'name', 'dependency')
+local j = redis.call('HMGET', job_key(id), 'account', 'name', 'dependency', 'array')
 local active = active_name_key(j[1] or '', j[2] or '')
 redis.call('ZADD', active, id, id)
+if j[4] and j[4] ~= '' then
+  -- A job array: this job is its first task and its id the array's; the other tasks are
+  -- materialised from a template as they become placeable (see array_fill).
+  local key = array_key(id)
+  local spec, limit = j[4], string.match(j[4], '%%(%d+)$') or '0'
+  local first = tonumber(string.match(spec, '^(%d+)'))
+  redis.call('HSET', key .. ':template', unpack(ARGV))
+  redis.call('HSET', key .. ':template', 'array_job_id', id)
+  redis.call('HSET', key, 'spec', spec, 'limit', limit, 'run', 1, 'next', first, 'pending', 1,
+    'materialized', 1, 'ended', 0, 'bad', 0, 'begun', 0, 'count', redis.call('HGET', job_key(id), 'array_task_count'))
+  next_task_index(key)
+  redis.call('HSET', job_key(id), 'array_job_id', id, 'array_task_id', first)
+  redis.call('HSET', key, 'task:' .. first, id)
+  redis.call('ZADD', key .. ':tasks', id, id)
+end
 if j[3] and j[3] ~= '' then
-  -- Every job named (and, for singleton, every earlier job of the same account and name) tells
-  -- this one when it starts or ends.
-  for condition in string.gmatch(j[3], '[^,?]+') do
-    if condition == 'singleton' then
-      for _, other in ipairs(redis.call('ZRANGEBYSCORE', active, '-inf', '(' .. id)) do
-        redis.call('SADD', dependents_key(other), id)
-      end
-    else
-      local kind = string.match(condition, '^(%a+)')
-      for parent in string.gmatch(string.sub(condition, #kind + 2), '[^:]+') do
-        local state = redis.call('HGET', job_key(parent), 'state')
-        if state == 'PENDING' or state == 'RUNNING' then redis.call('SADD', dependents_key(parent), id) end
-      end
-    end
-  end
+  register_dependents(id, j[3], active)
   redis.call('HSET', job_key(id), 'dependency_state', 'waiting', 'reason', 'Dependency')
   update_dependency(id)
 end

@@ -71,3 +71,56 @@ def test_the_job_field_names_itself_when_refused():
         JobSubmission.model_validate({"job": {"dependency": "afterok:x"}, "script": "true\n"})
     body = {"job": {"dependency": " afterok:5:6 "}, "script": "true\n"}
     assert JobSubmission.model_validate(body).job.dependency == "afterok:5:6"
+
+
+# --- --array ---------------------------------------------------------------------------------------
+
+from conductor.workflow import ArrayError, parse_array, parse_normalised_array, remaining  # noqa: E402
+
+items = st.one_of(
+    st.integers(0, 2000).map(lambda n: (str(n), {n})),
+    st.tuples(st.integers(0, 2000), st.integers(0, 300)).map(
+        lambda t: (f"{t[0]}-{t[0] + t[1]}", set(range(t[0], t[0] + t[1] + 1)))),
+    st.tuples(st.integers(0, 2000), st.integers(0, 300), st.integers(1, 50)).map(
+        lambda t: (f"{t[0]}-{t[0] + t[1]}:{t[2]}", set(range(t[0], t[0] + t[1] + 1, t[2])))),
+)
+
+
+@given(st.lists(items, min_size=1, max_size=6), st.one_of(st.none(), st.integers(1, 64)))
+def test_every_array_of_the_grammar_expands_to_its_indices(parts, limit):
+    text = ",".join(p for p, _ in parts) + (f"%{limit}" if limit else "")
+    expected = sorted(set().union(*(s for _, s in parts)))
+    spec = parse_array(text, 2400)
+    assert spec.indices() == expected
+    assert spec.count == len(expected)
+    assert spec.limit == (limit or 0)
+    assert parse_normalised_array(str(spec)) == spec
+    assert parse_array(remaining(spec, 1, spec.runs[0][0], set()), 2400).indices() == expected
+
+
+@given(st.lists(items, min_size=1, max_size=4), st.integers(1, 2000))
+def test_an_index_over_max_array_size_is_refused_naming_the_setting(parts, size):
+    text = ",".join(p for p, _ in parts)
+    top = max(max(s) for _, s in parts)
+    if top >= size:
+        with pytest.raises(ArrayError, match="MAX_ARRAY_SIZE"):
+            parse_array(text, size)
+    else:
+        assert parse_array(text, size).indices()[-1] == top
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty"), ("%4", "empty"), ("1-", "not an index"), ("5-1", "ends before"), ("1-4:0", "not an index"),
+    ("a", "not an index"), ("1-4%0", "positive integer"), ("1-4%x", "positive integer"), ("-1", "not an index"),
+])
+def test_arrays_outside_the_grammar_are_refused_naming_why(text, reason):
+    with pytest.raises(ArrayError, match=reason):
+        parse_array(text, 1001)
+
+
+def test_the_pending_part_is_shown_as_squeue_does():
+    spec = parse_array("0-999%16", 1001)
+    assert remaining(spec, 1, 5, set()) == "5-999%16"
+    assert remaining(spec, 1, 5, {6}) == "5,7-999%16"
+    assert remaining(parse_array("0-15:4", 1001), 1, 8, set()) == "8-12:4"
+    assert remaining(parse_array("1,3", 1001), 2, 0, set()) == ""
