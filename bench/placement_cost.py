@@ -21,6 +21,8 @@ from conductor.store import connect
 from .infra import RedisServer
 
 NODES = 50
+HELD = 10_000  # jobs waiting on a dependency during the head-of-line measurement
+ARRAY_TASKS = 10_000
 SLOTS = 4  # worker slots per node: 200 jobs run at once over the 50 nodes
 NODE_CPUS = 32
 NODE_MEMORY = 64 << 30
@@ -36,6 +38,7 @@ class PlacementCost:
     single_lua_us: float
     behind_us: float = 0.0  # one 1-CPU job placed behind a backlog of this size that fits no node
     behind_lua_us: float = 0.0
+    array_submit_ms: float = 0.0  # one 10,000-task array submitted (jobs.submit, one round trip)
 
 
 class Cluster:
@@ -58,10 +61,12 @@ class Cluster:
         return [item for name, value in record.items() if name not in ("id", "state", "submitted_at")
                 for item in (name, value)]
 
-    def add_pending(self, count: int, cpus: int = 1) -> None:
+    def add_pending(self, count: int, cpus: int = 1, **fields: object) -> None:
         submit = scripts.script(self.connection, "submit")
         record = list(self.template)
         record[record.index("cpus") + 1] = str(cpus)
+        for name, value in fields.items():
+            record[record.index(name) + 1] = str(value)
         for start in range(0, count, BATCH):
             with self.connection.pipeline(transaction=False) as pipe:
                 for _ in range(min(BATCH, count - start)):
@@ -120,10 +125,14 @@ def measure(redis: RedisServer, backlog: int, passes: int, singles: int) -> Plac
 
 def measure_behind(redis: RedisServer, backlog: int, singles: int) -> tuple[float, float]:
     """Median (µs in all, µs of Lua) to place one 1-CPU job submitted behind ``backlog`` jobs
-    that fit no node: what head-of-line starvation would make unbounded or impossible."""
+    that fit no node: what head-of-line starvation would make unbounded or impossible. Waiting
+    with them: a 100,000-task array of such jobs and 10,000 jobs held by a dependency on one."""
     cluster = Cluster(redis)
     cluster.finish([int(i) for i in cluster.connection.zrange(keys.state("PENDING"), 0, -1)])
     cluster.add_pending(backlog, cpus=NODE_CPUS + 1)
+    cluster.add_pending(1, cpus=NODE_CPUS + 1, array="0-99999:1", array_task_count=100_000)
+    parent = int(cluster.connection.zrange(keys.state("PENDING"), -1, -1)[0])
+    cluster.add_pending(HELD, dependency=f"afterok:{parent}")
     redis.client().config_set("slowlog-max-len", 100_000)
     redis.client().config_set("slowlog-log-slower-than", 0)
     costs, lua_costs = [], []
@@ -140,6 +149,18 @@ def measure_behind(redis: RedisServer, backlog: int, singles: int) -> tuple[floa
     return 1e6 * statistics.median(costs), 1e6 * statistics.median(lua_costs)
 
 
+def measure_array_submit(redis: RedisServer, rounds: int = 5) -> float:
+    """Median milliseconds to submit one ARRAY_TASKS-task array the way `conductor submit` does."""
+    cluster = Cluster(redis)
+    body = {"job": {"name": "sweep", "array": f"0-{ARRAY_TASKS - 1}"}, "script": "true\n"}
+    costs = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jobs.submit(cluster.connection, JobSubmission.model_validate(body), ARRAY_TASKS)
+        costs.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(costs)
+
+
 def placement_costs(root: Path, backlogs: tuple[int, ...], passes: int, singles: int) -> list[PlacementCost]:
     """One fresh Redis per backlog size, so each starts from the same state."""
     found = []
@@ -152,8 +173,9 @@ def placement_costs(root: Path, backlogs: tuple[int, ...], passes: int, singles:
         redis = RedisServer(root / f"placement-behind-{backlog}").start()
         try:
             behind, behind_lua = measure_behind(redis, backlog, singles)
+            array_submit = measure_array_submit(redis)
         finally:
             redis.stop()
-        found.append(replace(cost, behind_us=behind, behind_lua_us=behind_lua))
+        found.append(replace(cost, behind_us=behind, behind_lua_us=behind_lua, array_submit_ms=array_submit))
     return found
 
