@@ -122,5 +122,6 @@ def test_the_pending_part_is_shown_as_squeue_does():
     spec = parse_array("0-999%16", 1001)
     assert remaining(spec, 1, 5, set()) == "5-999%16"
     assert remaining(spec, 1, 5, {6}) == "5,7-999%16"
-    assert remaining(parse_array("0-15:4", 1001), 1, 8, set()) == "8-12:4"
+    assert remaining(parse_array("0-15:4", 1001), 1, 4, set()) == "4-12:4"
+    assert remaining(parse_array("0-15:4", 1001), 1, 8, set()) == "8,12"
     assert remaining(parse_array("1,3", 1001), 2, 0, set()) == ""
