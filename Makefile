@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: run stop status reload test bench bench-containment soak wheelhouse deploy verify clean
+.PHONY: run stop status reload test bench bench-containment soak soak-retention wheelhouse deploy verify clean
 
 $(READY): pyproject.toml deploy/bootstrap.sh
 	deploy/bootstrap.sh
@@ -33,6 +33,9 @@ bench-containment: $(READY)  ## as root: 1,000 trivial jobs with job containment
 
 soak: $(READY)  ## the chaos soak at full size: 2,000 jobs, workers killed at random, a Redis restart
 	SOAK_JOBS=2000 $(BIN)/pytest tests/integration/test_soak.py
+
+soak-retention: $(READY)  ## 20,000 trivial jobs with a 1 s JOB_RETENTION: Redis memory, keys and JOB_ROOT stay bounded
+	RETENTION_SOAK_JOBS=20000 $(BIN)/pytest -s tests/integration/test_operations.py -k retention_soak
 
 wheelhouse: $(READY)  ## wheels of conductor and every dependency, for nodes without a package index
 	deploy/wheelhouse.sh wheelhouse
