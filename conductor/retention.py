@@ -58,7 +58,12 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
     if not expired:
         return []
     if settings.accounting_file is not None:
-        accounting.append(settings.accounting_file, (accounting.record(job) for job in expired))
+        try:
+            accounting.append(settings.accounting_file, (accounting.record(job) for job in expired))
+        except OSError as error:  # keep the records: history must not lose what Redis forgets
+            logger.error("retention: cannot append to ACCOUNTING_FILE {} ({}); {} expired job records are "
+                         "kept until it can be written", settings.accounting_file, error, len(expired))
+            return []
     with connection.pipeline() as pipe:
         for job in expired:
             pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]), keys.job_dependents(job["id"]))

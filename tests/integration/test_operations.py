@@ -292,3 +292,24 @@ def test_directory_cleanup_removes_only_expired_jobs(redis_server: RedisServer, 
     (root / "notes").mkdir()
     assert retention.remove_directories(client, root) == [1]
     assert sorted(p.name for p in root.iterdir()) == ["2", "7", "notes"]
+
+
+def test_records_stay_while_the_accounting_file_cannot_be_written(redis_server: RedisServer, tmp_path: Path) -> None:
+    """History must not lose what Redis forgets: if ACCOUNTING_FILE cannot be written, the expired
+    records stay in Redis (and are removed, with their line written, once it can)."""
+    from conductor import retention
+
+    client = redis_server.client()
+    client.hset(keys.job(1), mapping={"id": 1, "state": "COMPLETED", "name": "j", "account": "a", "partition": "p",
+                                      "cpus": 1, "memory": 0, "submitted_at": "1.0", "started_at": "2.0",
+                                      "ended_at": "3.0", "exit_code": 0})
+    client.zadd(keys.JOBS, {1: 1})
+    client.zadd(keys.state("COMPLETED"), {1: 1})
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    blocked = load_settings(None, accounting_file=tmp_path / "blocked" / "jobs.jsonl", job_retention=1)
+    assert retention.expire(client, blocked) == []
+    assert client.exists(keys.job(1)) and client.zscore(keys.state("COMPLETED"), 1) == 1
+    good = load_settings(None, accounting_file=tmp_path / "acct" / "jobs.jsonl", job_retention=1)
+    assert retention.expire(client, good) == [1]
+    assert not client.exists(keys.job(1)) and client.zcard(keys.JOBS) == 0
+    assert json.loads((tmp_path / "acct" / "jobs.jsonl").read_text())["JobID"] == 1
