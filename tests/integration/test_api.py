@@ -425,6 +425,26 @@ def test_drain_and_resume_over_http(cluster) -> None:
     assert guarded.wait_state(job_id, "COMPLETED")["pending_reason"] is None
 
 
+@pytest.mark.reliability("bad input: HTTP 422 naming the field")
+def test_a_partition_no_node_serves_is_a_422(redis_server: RedisServer, tmp_path: Path) -> None:
+    """With NODE_PARTITIONS set, a job for another partition is refused at job.partition and not
+    stored; one for the node's partition runs there."""
+    (tmp_path / "gpu-node").mkdir()
+    with running(Node(tmp_path / "gpu-node", redis_server, NODE_NAME="gpu-node", NODE_PARTITIONS="gpu",
+                      WORKER_CONCURRENCY=1)) as node:
+        node.start_workers(1)
+        with running(Api(api_config(node, "api", API_PORT=free_port()))) as api, no_server_errors(api):
+            before = stored(node)
+            refused = api.submit("true\n", partition="compute-high-mem")
+            assert refused.status_code == 422, refused.text
+            issue = refused.json()["detail"][0]
+            assert issue["loc"] == ["body", "job", "partition"] and "gpu" in issue["msg"], issue
+            assert stored(node) == before
+            accepted = api.submit("true\n", partition="gpu")
+            assert accepted.status_code == 201
+            assert api.wait_state(accepted.json()["job_id"], "COMPLETED")["node"] == "gpu-node"
+
+
 # --- Redis unreachable --------------------------------------------------------------------------
 
 
