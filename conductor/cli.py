@@ -318,7 +318,7 @@ def _nodes_table(rows: list[dict[str, Any]]) -> str:
         [[n["name"], n["state"], f"{n['allocated_cpus']}/{n['total_cpus']}", n["free_cpus"],
           f"{format_memory(n['allocated_memory'])}/{format_memory(n['total_memory'])}",
           n["workers"], n["busy_workers"], ",".join(n["partitions"]) or "*", n["containment"],
-          f"{n['reason']} [{n['drained_by']}@{n['drained_at']}]" if n["reason"] else ""] for n in rows],
+          f"{n['reason']} ({n['drained_by']}, {(n['drained_at'] or '')[:19]})" if n["reason"] else ""] for n in rows],
     )
 
 
