@@ -83,6 +83,11 @@ def append(path: Path, records: Iterable[dict[str, Any]]) -> int:
 def read(path: Path, since: datetime | None = None, state: str | None = None,
          account: str | None = None) -> list[dict[str, Any]]:
     """Lines of ``path`` (and of its rotated copy ``path.1``, read first) that match, by JobID."""
+    return select(load(path).values(), since, state, account)
+
+
+def load(path: Path) -> dict[int, dict[str, Any]]:
+    """Every line of ``path.1`` then ``path`` by JobID (the last line of a JobID wins)."""
     found: dict[int, dict[str, Any]] = {}
     for source in (path.with_name(path.name + ".1"), path):
         if not source.exists():
@@ -96,8 +101,14 @@ def read(path: Path, since: datetime | None = None, state: str | None = None,
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{source}:{number}: not a JSON line ({error.msg})") from None
                 found[int(item["JobID"])] = item
+    return found
+
+
+def select(items: Iterable[dict[str, Any]], since: datetime | None = None, state: str | None = None,
+           account: str | None = None) -> list[dict[str, Any]]:
+    """The accounting lines that match, by JobID."""
     rows = []
-    for item in sorted(found.values(), key=lambda r: int(r["JobID"])):
+    for item in sorted(items, key=lambda r: int(r["JobID"])):
         if state and item["State"] != state:
             continue
         if account and item["Account"] != account:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from redis import Redis
 
 from . import cgroups, jobs, keys, placement, registry, render, resources, worker
-from . import accounting, nodestate, squeue
+from . import accounting, nodestate, retention, squeue
 from . import partitions as partitions_module
 from .config import ConfigError, Settings, load_settings
 from .jobs import JobRejected, JobState, JobSubmission
@@ -384,16 +384,27 @@ def partitions_command(settings: Settings, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output (sacct's field names)")
 @with_settings
 def history(settings: Settings, since: str | None, state: str | None, account: str | None, as_json: bool) -> None:
-    """Ended jobs whose records have expired from Redis, from ACCOUNTING_FILE (as sacct)."""
-    if settings.accounting_file is None:
-        raise Failure("ACCOUNTING_FILE is not set: expired jobs were not recorded (set it in app.properties)", 2)
+    """Ended jobs, as sacct: those still in Redis and those expired into ACCOUNTING_FILE."""
+    found: dict[int, dict[str, Any]] = {}
     try:
         moment = accounting.parse_since(since) if since else None
-        rows = accounting.read(settings.accounting_file, moment, state.upper() if state else None, account)
+        if settings.accounting_file is None:
+            click.echo("conductor: warning: ACCOUNTING_FILE is not set: jobs expired from Redis are not listed", err=True)
+        else:
+            found.update(accounting.load(settings.accounting_file))
     except ValueError as error:
         raise Failure(str(error), 2) from None
     except OSError as error:
         raise Failure(f"cannot read {settings.accounting_file}: {error}") from None
+    try:
+        connection = connect(settings.redis_url)
+        for final in ([JobState(state.upper())] if state else [s for s in JobState if s.final]):
+            for job in jobs.list_jobs(connection, final, limit=settings.max_job_records + retention.BATCH):
+                found[job["id"]] = accounting.record(job)
+    except UNREACHABLE as error:
+        click.echo(f"conductor: warning: Redis at {redacted(settings.redis_url)} is unreachable ({error}): "
+                   "listing ACCOUNTING_FILE only", err=True)
+    rows = accounting.select(found.values(), moment, state.upper() if state else None, account)
     _emit(rows, as_json, lambda found: _table(
         ["JobID", "JobName", "Account", "Partition", "AllocCPUS", "State", "ExitCode", "Elapsed", "NodeList"],
         [[r["JobID"], r["JobName"], r["Account"], r["Partition"], r["AllocCPUS"], r["State"], r["ExitCode"],

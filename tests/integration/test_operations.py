@@ -14,7 +14,7 @@ import pytest
 
 from conductor import keys, placement
 from conductor.config import Settings, load_settings
-from support import RedisServer, conductor, wait_until
+from support import RedisServer, conductor, free_port, wait_until
 
 # The conductor CLI reads app.properties only; keys from the test's environment would override it.
 
@@ -161,6 +161,10 @@ def test_default_node_serves_every_partition(make_node) -> None:
     a.start_workers(1)
     job = a.submit("#!/bin/bash\necho hi\n", "-p", "compute-high-mem")
     assert a.wait_state(job, "COMPLETED")["partition"] == "compute-high-mem"
+    listed = conductor("history", "--json", config=a.config)  # ended, still in Redis: listed too
+    assert [(r["JobID"], r["State"], r["Partition"]) for r in json.loads(listed.stdout)] == [
+        (job, "COMPLETED", "compute-high-mem")]
+    assert "ACCOUNTING_FILE is not set" in listed.stderr
     assert [p["partition"] for p in json.loads(conductor("partitions", "--json", config=a.config).stdout)] == ["*"]
 
 
@@ -263,7 +267,7 @@ def test_history_filters(tmp_path: Path) -> None:
     ]
     history.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "app.properties"
-    config.write_text(f"NODE_NAME=n\nACCOUNTING_FILE={history}\n")
+    config.write_text(f"NODE_NAME=n\nACCOUNTING_FILE={history}\nREDIS_URL=redis://127.0.0.1:{free_port()}/0\n")
 
     def ids(*args: str) -> list[int]:
         return [r["JobID"] for r in json.loads(conductor("history", "--json", *args, config=config).stdout)]
@@ -273,6 +277,7 @@ def test_history_filters(tmp_path: Path) -> None:
     assert ids("--account", "physics") == [1]
     assert ids("--since", "2026-01-15") == [2]
     assert "physics" in conductor("history", config=config).stdout
+    assert "unreachable" in conductor("history", config=config).stderr  # the file alone still answers
     bad = conductor("history", "--since", "yesterday-ish", config=config, check=False)
     assert bad.returncode == 2 and "--since" in bad.stderr
 
