@@ -172,6 +172,10 @@ def _conductor_keys(client) -> int:
     return sum(1 for _ in client.scan_iter(match="conductor:job:*", count=1000))
 
 
+SOAK_JOBS = int(os.environ.get("RETENTION_SOAK_JOBS", "400"))
+
+
+@pytest.mark.timeout(300 + SOAK_JOBS // 10)  # about 100 trivial jobs a second on a loaded 2-core machine
 def test_retention_soak_keeps_redis_and_job_root_bounded_and_history_complete(make_node, tmp_path: Path) -> None:
     """Many trivial jobs with a short JOB_RETENTION and MAX_JOB_RECORDS: job records, their index
     entries, control keys and directories go away, Redis memory stops growing, `conductor jobs`
@@ -197,7 +201,7 @@ def test_retention_soak_keeps_redis_and_job_root_bounded_and_history_complete(ma
     def settled(ids: list[int]) -> bool:
         return client.zcard(keys.state("PENDING")) + client.zcard(keys.state("RUNNING")) == 0
 
-    total = max(int(os.environ.get("RETENTION_SOAK_JOBS", "400")) // 100, 2) * 100
+    total = max(SOAK_JOBS // 100, 2) * 100
     submitted = batch(100)
     wait_until(lambda: settled(submitted), timeout=120, what="the first batch to end")
     wait_until(lambda: client.zcard(keys.JOBS) <= settings.max_job_records, timeout=60, what="records capped")
