@@ -397,7 +397,7 @@ def history(settings: Settings, since: str | None, state: str | None, account: s
     except OSError as error:
         raise Failure(f"cannot read {settings.accounting_file}: {error}") from None
     try:
-        connection = connect(settings.redis_url)
+        connection = connect(settings)
         for final in ([JobState(state.upper())] if state else [s for s in JobState if s.final]):
             for job in jobs.list_jobs(connection, final, limit=settings.max_job_records + retention.BATCH):
                 found[job["id"]] = accounting.record(job)
