@@ -125,3 +125,6 @@ def node_cleanup(name: str) -> str:
 
 
 RECONCILIATIONS = PREFIX + "reconciliations"  # hash kind -> count of repairs after lost writes
+
+
+EXPIRED_THROUGH = PREFIX + "expired-through"  # sorted set, one member: the highest job id retention removed

@@ -108,12 +108,15 @@ def reassert(connection: Redis, settings: Settings, worker: str, memory: Memory 
 
     if outcomes:
         with connection.pipeline(transaction=False) as pipe:
+            pipe.zscore(keys.EXPIRED_THROUGH, "id")
             for job_id, _ in outcomes:
                 pipe.hget(keys.job(job_id), "state")
-            states = pipe.execute()
+            expired_through, *states = pipe.execute()
         for (job_id, (job, state, code, reason, ended)), stored in zip(outcomes, states):
             if stored is not None and JobState(stored).final:
                 continue
+            if stored is None and int(job_id) <= (expired_through or 0):
+                continue  # removed by retention (older than newer ended jobs it keeps), not lost
             result = scripts.run(connection, "record", job_id, worker, node, state, code, reason, ended, *_flat(job))
             if result == 1:
                 logger.warning("reconcile: the end of job {} ({}) was lost by Redis ({}); recorded again",

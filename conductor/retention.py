@@ -69,6 +69,8 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
             pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]), keys.job_dependents(job["id"]))
             pipe.zrem(keys.JOBS, job["id"])
             pipe.zrem(keys.state(job["state"]), job["id"])
+        # Reconciliation must not take an expired record for one Redis lost (see reconcile.reassert).
+        pipe.zadd(keys.EXPIRED_THROUGH, {"id": max(job["id"] for job in expired)}, gt=True)
         pipe.execute()
     logger.info("retention: removed {} ended job records (ids {}..{})", len(expired), expired[0]["id"],
                 expired[-1]["id"])

@@ -217,7 +217,7 @@ def test_retention_soak_keeps_redis_and_job_root_bounded_and_history_complete(ma
     print(f"retention soak: {total} jobs; used_memory {memory_start} -> {memory_end} bytes; "
           f"keys {keys_start} -> {client.dbsize()}; job directories left: 0")
 
-    assert _conductor_keys(client) == 0
+    assert _conductor_keys(client) == 0, sorted(client.scan_iter(match="conductor:job:*", count=1000))[:5]
     for state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
         assert client.zcard(keys.state(state)) == 0
     assert json.loads(conductor("jobs", "--json", config=node.config).stdout) == []
