@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -100,6 +101,9 @@ def node_config(directory: Path, redis: RedisServer, **overrides: Any) -> Path:
         "SERVICE_USER": "root" if IS_ROOT else os.environ.get("USER", "nobody"),
         "ALLOW_ROOT_JOBS": IS_ROOT,
         "INSTALL_PREFIX": BIN.parent,
+        # Job cgroups are named after the worker (node-a-1 in most tests): a parent of its own per
+        # test keeps one test's end-of-job kill away from another's processes of the same name.
+        "CGROUP_PARENT": f"conductor-test-{hashlib.sha1(str(directory).encode()).hexdigest()[:12]}",
     }
     values.update({key.upper(): value for key, value in overrides.items()})
     return write_config(directory / "app.properties", **values)
@@ -205,6 +209,11 @@ class Node:
     def stop(self) -> None:
         for worker in self.workers.values():
             worker.stop()
+        if IS_ROOT:  # workers running as root made their own cgroup subtree: leave the machine clean
+            from conductor import cgroups
+            from conductor.config import load_settings
+
+            cgroups.remove_tree(load_settings(self.config).cgroup_parent)
 
 
 class Supervisord:
@@ -287,8 +296,8 @@ def job_cgroups(config: Path) -> Iterator[str]:
     from conductor import cgroups
 
     parent = f"conductor-test-{os.getpid()}-{time.monotonic_ns()}"
-    with open(config, "a") as file:
-        file.write(f"CGROUP_PARENT={parent}\n")
+    lines = [line for line in config.read_text().splitlines() if not line.startswith("CGROUP_PARENT=")]
+    config.write_text("\n".join([*lines, f"CGROUP_PARENT={parent}"]) + "\n")
     if not IS_ROOT:
         pytest.skip("job containment tests create cgroups: run them as root")
     prepared = conductor("prepare-cgroups", config=config, check=False)  # as the launchers do
