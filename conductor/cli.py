@@ -454,3 +454,67 @@ def prepare_cgroups(settings: Settings) -> None:
         raise Failure(f"cannot prepare job cgroups: {error}") from None
     click.echo(f"prepared {len(made)} cgroup directories below {settings.cgroup_parent} for "
                f"{settings.worker_concurrency} workers owned by {settings.service_user}")
+
+
+@main.command("apply")
+@click.option("--mode", type=click.Choice(["systemd", "supervisord"]), required=True,
+              help="systemd units, or supervisord programs")
+@click.option("--local", "local", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="(supervisord) a node of your own in DIR: its private supervisord (DIR/supervisord.conf), "
+                   "programs in DIR/conf.d, the configuration used where it is (what `make run` uses)")
+@click.option("--check", is_flag=True, help="change nothing; report what would change")
+@click.option("--json", "as_json", is_flag=True, help="print {changed, started, stopped, restarted} as JSON")
+@with_settings
+def apply_command(settings: Settings, mode: str, local: Path | None, check: bool, as_json: bool) -> None:
+    """Bring this host to what app.properties says: user, directories, units or programs, instances."""
+    from .converge import Converger, Layout
+    from .hostops import HostError
+
+    if local is not None and mode != "supervisord":
+        raise Failure("--local works with --mode supervisord only", 2)
+    if local is not None and settings.config_path is None:
+        raise Failure("--local needs a configuration file (--config)", 2)
+    layout = Layout.local(local, settings.config_path) if local else Layout.system()  # type: ignore[arg-type]
+    say = (lambda line: click.echo(f"apply: {line}", err=True)) if as_json else (lambda line: click.echo(f"apply: {line}"))
+    try:
+        report = Converger(settings, mode, layout, check=check, say=say).run()
+    except HostError as error:
+        raise Failure(str(error), 2) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+        return
+    verb = "would " if check else ""
+    for key, items in report.as_dict().items():
+        if items:
+            click.echo(f"apply: {verb}{'change' if key == 'changed' and check else key}: {', '.join(items)}")
+    if not report.anything:
+        click.echo("apply: nothing to change")
+
+
+@main.command("verify")
+@click.option("--mode", type=click.Choice(["systemd", "supervisord"]), default=None,
+              help="default: systemd when conductor-workers.target is installed, else supervisord")
+@click.option("--local", "local", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="the DIR given to `apply --local`")
+@click.option("--expect", type=click.IntRange(min=0), default=None, help="worker count (default WORKER_CONCURRENCY)")
+@click.option("--timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="seconds to keep looking until the node is right")
+@click.option("--json", "as_json", is_flag=True, help="print {ok, problems, workers} as JSON")
+@with_settings
+def verify_command(settings: Settings, mode: str | None, local: Path | None, expect: int | None,
+                   timeout: float, as_json: bool) -> None:
+    """Check that the node runs what app.properties says; exit 1 naming every problem."""
+    from . import verify
+    from .converge import TARGET, UNIT_DIR
+
+    if mode is None:
+        mode = "systemd" if local is None and (UNIT_DIR / TARGET).exists() else "supervisord"
+    conf = local.resolve() / "supervisord.conf" if local else None
+    findings = verify.wait(settings, mode, expect, timeout, conf)
+    count = settings.worker_concurrency if expect is None else expect
+    if as_json:
+        click.echo(json.dumps(findings.as_dict()))
+    elif not findings.problems:
+        click.echo(f"verify: all {count} workers of node {settings.node_name} run and are registered ({mode})")
+    if findings.problems:
+        raise Failure("\n".join(findings.problems), 1)

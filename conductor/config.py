@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -27,6 +28,12 @@ ENV_CONFIG = "CONDUCTOR_CONFIG"
 DEFAULT_LOCATIONS = (Path("app.properties"), Path("/etc/conductor/app.properties"))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Directories a misconfiguration must never hand over to the service user (JOB_ROOT, LOG_FILE's
+# directory): `conductor apply` makes those directories the service user's own.
+SYSTEM_DIRS = frozenset(map(Path, (
+    "/", "/bin", "/boot", "/dev", "/dev/shm", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root",
+    "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/cache", "/var/lib", "/var/log", "/var/tmp",
+)))
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -316,6 +323,32 @@ class Settings(BaseSettings):
             pairs.append((host.strip("[]"), int(port)))
         return pairs
 
+    @field_validator("job_root")
+    @classmethod
+    def _own_job_root(cls, value: Path) -> Path:
+        if _is_system_dir(value):
+            raise ValueError(f"{str(value)!r} is a system directory; choose one of its own, such as /var/lib/conductor/jobs")
+        return value
+
+    @field_validator("log_file")
+    @classmethod
+    def _own_log_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r} must be an absolute path")
+        if value is not None and _is_system_dir(value.parent):
+            raise ValueError(f"{str(value.parent)!r} is a system directory; put the log in a directory of its own, "
+                             "such as /var/log/conductor/workers.log")
+        return value
+
+    @model_validator(mode="after")
+    def _never_root_by_accident(self) -> Settings:
+        # Workers refuse to run jobs as root unless ALLOW_ROOT_JOBS: a root SERVICE_USER without it
+        # is a node whose every worker exits at once, so it is refused here, before anything runs.
+        if self.service_user == "root" and not self.allow_root_jobs:
+            raise ValueError("SERVICE_USER=root: services, and so jobs, never run as root "
+                             "(ALLOW_ROOT_JOBS=true allows it for development only)")
+        return self
+
     @property
     def queue_name(self) -> str:
         """The RQ queue this node's workers listen on."""
@@ -359,6 +392,10 @@ class Settings(BaseSettings):
                 text = str(value)
             shown[name.upper()] = text
         return shown
+
+
+def _is_system_dir(path: Path) -> bool:
+    return Path(os.path.normpath(path)) in SYSTEM_DIRS or Path(os.path.normpath(path)).is_relative_to("/usr")
 
 
 def find_config(explicit: Path | None = None) -> Path | None:
