@@ -299,6 +299,7 @@ class Converger:
         if self.layout.supervisord_conf is None:
             self.drop_systemd_units()
         self.start_supervisord()
+        self.prepare_cgroups()
         changed = self.render("supervisord", self.layout.programs)[PROGRAMS]
         wanted = [f"conductor-worker-{i}" for i in range(1, n + 1)] + (["conductor-api"] if settings.api_enabled else [])
         before = self.programs()
@@ -323,6 +324,21 @@ class Converger:
         if missing and not self.check:
             self.ctl("start", *missing)
         self.report.started += [p for p in wanted if p not in running]
+
+    def prepare_cgroups(self) -> None:
+        """Job containment under supervisord: a cgroup subtree per worker owned by SERVICE_USER
+        (systemd delegates one instead). Without it jobs run uncontained: a warning, not an error."""
+        from . import cgroups
+
+        if self.check or not self.as_root:
+            return
+        settings = self.settings
+        try:
+            cgroups.prepare(settings.cgroup_parent,
+                            [settings.worker_name(i) for i in range(1, settings.worker_concurrency + 1)],
+                            settings.service_user)
+        except (OSError, KeyError, cgroups.ContainmentError) as error:
+            self.say(f"jobs will run without containment ({error}); JOB_CONTAINMENT=required workers will not start")
 
     def start_supervisord(self) -> None:
         if self.check or self.ctl("pid", check=False).returncode == 0:

@@ -31,17 +31,17 @@ fi
 setting() { "$BIN/conductor" check --config "$CONFIG" | sed -n "s/^$1=//p"; }
 ctl() { "$BIN/supervisorctl" -c "$RUN/supervisord.conf" "$@"; }
 
-prepare_user() {
-    if [[ $(id -u) -eq 0 ]] && ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
-        echo "run-local: creating the unprivileged user $SERVICE_USER for the workers"
-        useradd --system --home-dir "$RUN" --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
-    fi
-    mkdir -p "$RUN"/{jobs,log,redis,supervisor,conf.d}
-    chmod 0755 "$RUN"
-    chown -R "$SERVICE_USER" "$RUN"/{jobs,log,redis}
-}
+# The node is `conductor apply` in supervisord mode on a node of its own (run/): the service
+# user, the directories, the programs, this supervisord. Its check mode runs first: when the
+# service user cannot reach the checkout (a clone in a 0700 home), it stops there, having created
+# and started nothing, and says what to do.
+apply() { "$BIN/conductor" apply --mode supervisord --local "$RUN" --config "$CONFIG" "$@"; }
+running() { [[ -S $RUN/supervisor/supervisor.sock ]] && ctl pid >/dev/null 2>&1; }
 
-start_redis() {
+# A local Redis, when REDIS_URL points at a local port where nothing answers: a program of this
+# supervisord (first by priority), running as the service user, its append-only file under
+# run/log (the directory apply gives the service user). Prints the [program:redis] section.
+redis_program() {
     local url host port
     url=$(setting REDIS_URL)
     if "$BIN/python" - "$url" <<'PY'
@@ -53,7 +53,7 @@ except Exception:
     sys.exit(1)
 PY
     then
-        echo "run-local: using the Redis that answers at $url"
+        echo "run-local: using the Redis that answers at $url" >&2
         return
     fi
     read -r host port < <("$BIN/python" -c 'import sys; from urllib.parse import urlsplit; u=urlsplit(sys.argv[1]); print(u.hostname or "", u.port or 6379)' "$url")
@@ -61,20 +61,24 @@ PY
         echo "run-local: Redis at $url does not answer and is not local; start it first" >&2
         exit 1
     fi
-    echo "run-local: starting redis-server on port $port (append-only file in run/redis)"
-    local as=()
-    [[ $(id -u) -eq 0 ]] && as=(runuser -u "$SERVICE_USER" --)
-    "${as[@]}" redis-server --port "$port" --bind 127.0.0.1 --dir "$RUN/redis" --appendonly yes \
-        --save "" --daemonize yes --pidfile "$RUN/redis/redis.pid" --logfile "$RUN/log/redis.log"
-    for _ in $(seq 100); do
-        redis-cli -p "$port" ping >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    echo "run-local: redis-server did not answer; see run/log/redis.log" >&2
-    exit 1
+    echo "run-local: starting redis-server on port $port (append-only file in run/log/redis-data)" >&2
+    cat <<EOF
+
+[program:redis]
+command=$(command -v redis-server) --port $port --bind 127.0.0.1 --dir $RUN/log --appenddirname redis-data --appendonly yes --save ""
+priority=1
+$([[ $(id -u) -eq 0 ]] && echo "user=$SERVICE_USER")
+autorestart=true
+stdout_logfile=$RUN/log/redis.log
+redirect_stderr=true
+EOF
 }
 
 write_supervisord_conf() {
+    mkdir -p "$RUN"/{supervisor,conf.d}
+    chmod 0755 "$RUN"
+    local redis
+    redis=$(redis_program)
     cat > "$RUN/supervisord.conf" <<EOF
 ; The local run's own supervisord (deploy/run-local.sh); the programs come from conductor.conf.
 [unix_http_server]
@@ -92,37 +96,13 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl=unix://$RUN/supervisor/supervisor.sock
+$redis
 
 [include]
 files = $RUN/conf.d/*.conf
 EOF
     # `supervisorctl status` typed in the checkout finds this config.
     ln -sfn "$RUN/supervisord.conf" "$ROOT/supervisord.conf"
-}
-
-render() {
-    "$BIN/conductor" render supervisord --config "$CONFIG" --out "$RUN/conf.d"
-}
-
-# Job containment: started by root, give each worker a cgroup subtree owned by SERVICE_USER.
-prepare_cgroups() {
-    [[ $(id -u) -eq 0 ]] || { echo "run-local: not root, so jobs run without containment"; return; }
-    "$BIN/conductor" prepare-cgroups --config "$CONFIG" ||
-        echo "run-local: jobs run without containment (see above); JOB_CONTAINMENT=required workers will not start"
-}
-
-wait_for_workers() {
-    local want=$1
-    for _ in $(seq 150); do
-        [[ $("$BIN/conductor" nodes --json --config "$CONFIG" | "$BIN/python" -c '
-import json, sys
-name = sys.argv[1]
-print(sum(n["workers"] for n in json.load(sys.stdin) if n["name"] == name))' "$(setting NODE_NAME)") -ge $want ]] && return
-        sleep 0.2
-    done
-    echo "run-local: the workers did not register; see run/log/" >&2
-    ctl status >&2 || true
-    exit 1
 }
 
 demo() {
@@ -165,26 +145,21 @@ wait_for_api() {
 case ${1:-start} in
 start)
     "$BIN/conductor" check --config "$CONFIG" >/dev/null
-    prepare_user
-    start_redis
-    write_supervisord_conf
-    prepare_cgroups
-    render
-    if [[ -S $RUN/supervisor/supervisor.sock ]] && ctl pid >/dev/null 2>&1; then
-        ctl update
-    else
-        "$BIN/supervisord" -c "$RUN/supervisord.conf"
-    fi
-    wait_for_workers "$(setting WORKER_CONCURRENCY)"
+    apply --check >/dev/null  # the preflight: nothing is created or started when it fails
+    running || write_supervisord_conf
+    apply
+    "$BIN/conductor" verify --local "$RUN" --config "$CONFIG" --timeout 30 || {
+        echo "run-local: see run/log/" >&2
+        exit 1
+    }
     ctl status
     demo
     echo
     echo "The node keeps running: supervisorctl status | .venv/bin/conductor jobs | make stop to stop it."
     ;;
 reload)
-    prepare_cgroups
-    render
-    ctl update
+    apply
+    "$BIN/conductor" verify --local "$RUN" --config "$CONFIG" --timeout 30
     ctl status
     ;;
 status)
@@ -192,15 +167,10 @@ status)
     ;;
 stop)
     if [[ -f $RUN/supervisor/supervisord.pid ]] && ctl pid >/dev/null 2>&1; then
-        echo "run-local: stopping the workers (each finishes its current job first) and supervisord"
+        echo "run-local: stopping the workers (each finishes its current job first), Redis and supervisord"
         ctl shutdown >/dev/null
         pid=$(cat "$RUN/supervisor/supervisord.pid" 2>/dev/null || true)
         while [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-    fi
-    if [[ -f $RUN/redis/redis.pid ]]; then
-        echo "run-local: stopping the local redis-server"
-        kill "$(cat "$RUN/redis/redis.pid")" 2>/dev/null || true
-        while [[ -f $RUN/redis/redis.pid ]]; do sleep 0.1; done
     fi
     ;;
 *)
