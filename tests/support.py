@@ -21,6 +21,7 @@ T = TypeVar("T")
 BIN = Path(sys.executable).parent
 CONDUCTOR = str(BIN / "conductor")
 IS_ROOT = os.geteuid() == 0
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
 
 def free_port() -> int:

@@ -1,0 +1,170 @@
+"""`conductor apply` and `conductor verify` on a node of their own (supervisord mode, `--local`), and
+`make run` (deploy/run-local.sh), which is that same apply.
+
+The systemd mode runs on real systemd hosts in tests/system (install.sh and the Ansible role call it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from support import IS_ROOT, ROOT, Supervisord, clean_env, conductor, free_port, node_config, running, wait_until
+
+
+def apply(config: Path, local: Path, *options: str) -> dict[str, list[str]]:
+    result = conductor("apply", "--mode", "supervisord", "--local", str(local), "--json", *options, config=config)
+    return json.loads(result.stdout)
+
+
+def verify(config: Path, local: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return conductor("verify", "--local", str(local), "--json", *options, config=config, check=False)
+
+
+def test_apply_converges_and_a_second_run_changes_nothing(tmp_path, redis_server):
+    with running(Supervisord(tmp_path / "node").start()) as supervisord:
+        local = supervisord.directory
+        config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=2)
+
+        # --check on a fresh node says what it would do, and does none of it.
+        planned = apply(config, local, "--check")
+        assert planned["started"] == ["conductor-worker-1", "conductor-worker-2"]
+        assert str(local / "conf.d" / "conductor.conf") in planned["changed"]
+        assert not (local / "conf.d" / "conductor.conf").exists() and not (tmp_path / "jobs").exists()
+        assert supervisord.status() == {}
+
+        assert apply(config, local) == planned
+        assert (tmp_path / "jobs").is_dir()
+        found = json.loads(wait_until(lambda: (r := verify(config, local)).returncode == 0 and r,
+                                      what="verify to pass").stdout)
+        assert found["ok"] and set(found["workers"]) == {"1", "2"}
+        pids = {name: pid for name, (_, pid) in supervisord.status().items()}
+
+        again = {"changed": [], "started": [], "stopped": [], "restarted": []}
+        assert apply(config, local, "--check") == again
+        assert apply(config, local) == again
+        assert {name: pid for name, (_, pid) in supervisord.status().items()} == pids
+
+
+def test_scaling_starts_and_stops_only_the_changed_instances_and_a_setting_restarts(tmp_path, redis_server):
+    with running(Supervisord(tmp_path / "node").start()) as supervisord:
+        local = supervisord.directory
+        config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=2)
+        apply(config, local)
+        assert verify(config, local, "--timeout", "30").returncode == 0
+        pids = {name: pid for name, (_, pid) in supervisord.status().items()}
+
+        node_config(tmp_path, redis_server, WORKER_CONCURRENCY=3)
+        assert apply(config, local) == {"changed": [str(local / "conf.d" / "conductor.conf")],
+                                        "started": ["conductor-worker-3"], "stopped": [], "restarted": []}
+        assert verify(config, local, "--timeout", "30").returncode == 0
+        status = supervisord.status()
+        assert (status["conductor-worker-1"][1], status["conductor-worker-2"][1]) == (
+            pids["conductor-worker-1"], pids["conductor-worker-2"])
+
+        node_config(tmp_path, redis_server, WORKER_CONCURRENCY=1)
+        report = apply(config, local)
+        assert report["stopped"] == ["conductor-worker-2", "conductor-worker-3"] and report["started"] == []
+        assert report["restarted"] == []
+        assert supervisord.status()["conductor-worker-1"][1] == pids["conductor-worker-1"]
+        assert redis_server.client().exists("worker:node-a-2", "worker:node-a-3") == 0
+
+        # A setting the workers read (not WORKER_CONCURRENCY) restarts the running ones.
+        node_config(tmp_path, redis_server, WORKER_CONCURRENCY=1, HEARTBEAT_INTERVAL=0.6)
+        assert apply(config, local)["restarted"] == ["conductor-worker-1"]
+        assert verify(config, local, "--timeout", "30").returncode == 0
+        assert supervisord.status()["conductor-worker-1"][1] != pids["conductor-worker-1"]
+
+
+def test_verify_names_what_is_wrong(tmp_path, redis_server):
+    with running(Supervisord(tmp_path / "node").start()) as supervisord:
+        local = supervisord.directory
+        config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=2)
+        apply(config, local)
+        assert verify(config, local, "--timeout", "30").returncode == 0
+
+        supervisord.ctl("stop", "conductor-worker-2")
+        result = verify(config, local)
+        assert result.returncode == 1
+        problems = json.loads(result.stdout)["problems"]
+        assert "program conductor-worker-2 is STOPPED, not RUNNING" in problems
+        assert "worker 2 has no process" in problems
+        assert "worker:node-a-2 is not registered in Redis" in problems
+        assert "conductor: error: worker 2 has no process" in result.stderr
+
+        too_many = verify(config, local, "--expect", "1")
+        assert too_many.returncode == 0, too_many.stderr  # 1 running, 1 expected
+
+        redis_server.stop()
+        down = verify(config, local)
+        assert down.returncode == 1 and "does not answer" in down.stderr
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the service user differs from the caller only when make run runs as root")
+def test_make_run_as_root_from_a_0700_home_stops_before_anything_with_what_to_do():
+    """Guards the most common first run: root clones into its 0700 home and types `make run`.
+
+    The services run as the service user, which cannot enter that home; before, Redis failed
+    with "Permission denied" after things had started. Now nothing is created or started, and
+    the message says what to do.
+    """
+    home = Path(tempfile.mkdtemp(prefix="home-"))  # mode 0700, in /tmp (which everyone may pass)
+    try:
+        check_first_run_in(home)
+    finally:
+        shutil.rmtree(home)
+
+
+def check_first_run_in(home: Path) -> None:
+    assert home.stat().st_mode & 0o777 == 0o700
+    clone = home / "conductor"
+    clone.mkdir()
+    shutil.copytree(ROOT / "deploy", clone / "deploy")
+    os.symlink(ROOT / ".venv", clone / ".venv")
+    config = clone / "app.properties"
+    config.write_text((ROOT / "app.properties").read_text()
+                      .replace("6379", str(free_port())).replace("API_PORT=8000", f"API_PORT={free_port()}"))
+    env = clean_env()
+    env.pop("SERVICE_USER", None)
+    result = subprocess.run([str(clone / "deploy" / "run-local.sh"), "start"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot reach INSTALL_PREFIX {clone}/.venv/bin/conductor: {home} (mode 0700" in result.stderr
+    assert f"chmod o+x {home}" in result.stderr and "Nothing was started" in result.stderr
+    assert not (clone / "run").exists()
+    assert not (clone / "supervisord.conf").exists()
+
+
+def test_make_run_then_stop():
+    """`make run`'s script end to end on free ports: Redis, four workers, the API, the demonstration jobs."""
+    shared = Path(tempfile.mkdtemp(prefix="make-run-"))  # the service user reads the configuration
+    shared.chmod(0o755)
+    config = shared / "app.properties"
+    config.write_text((ROOT / "app.properties").read_text()
+                      .replace("6379", str(free_port())).replace("API_PORT=8000", f"API_PORT={free_port()}")
+                      .replace("NODE_NAME=kunpeng-compute-01", "NODE_NAME=make-run-test"))
+    config.chmod(0o644)
+    run = ROOT / "run"
+    if run.exists():
+        pytest.skip(f"{run} exists: a local node of this checkout may be running (make stop; rm -r run)")
+    env = {**clean_env(), "CONDUCTOR_CONFIG": str(config)}
+    try:
+        result = subprocess.run([str(ROOT / "deploy" / "run-local.sh"), "start"], capture_output=True, text=True,
+                                env=env, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "verify: all 4 workers of node make-run-test run and are registered" in result.stdout
+        assert result.stdout.count("COMPLETED") >= 4
+        listed = conductor("workers", "--json", config=config).stdout
+        users = {subprocess.run(["ps", "-o", "user=", "-p", str(w["pid"])], capture_output=True, text=True).stdout.strip()
+                 for w in json.loads(listed)}
+        assert users == {"conductor" if IS_ROOT else os.environ.get("USER", "")}
+    finally:
+        subprocess.run([str(ROOT / "deploy" / "run-local.sh"), "stop"], env=env, timeout=300)
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+        (ROOT / "supervisord.conf").unlink(missing_ok=True)
