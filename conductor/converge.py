@@ -392,6 +392,9 @@ class Converger:
                 subprocess.run(["systemctl", "disable", "--quiet", TARGET, API_UNIT], capture_output=True)
                 for link in UNIT_DIR.glob("*.wants/conductor-worker@*.service"):
                     link.unlink()
+                wants = UNIT_DIR / f"{TARGET}.wants"
+                if wants.is_dir() and not any(wants.iterdir()):
+                    wants.rmdir()
                 subprocess.run(["systemctl", "stop", TARGET, "conductor-worker@*.service", API_UNIT], capture_output=True)
         for path in units:
             self.remove(path)
