@@ -166,6 +166,9 @@ class Converger:
         changed += hostops.ensure_dir(settings.job_root, user, user, 0o750, self.check)
         if settings.log_file:
             changed += hostops.ensure_dir(settings.log_file.parent, user, user, 0o750, self.check)
+        accounting = getattr(settings, "accounting_file", None)
+        if accounting:
+            changed += hostops.ensure_dir(accounting.parent, user, user, 0o750, self.check)
         if self.layout.supervisord_conf is None:
             changed += hostops.ensure_dir(self.layout.config.parent, "root", user, 0o750, self.check)
 

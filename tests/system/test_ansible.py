@@ -42,6 +42,7 @@ PLAYBOOK = ROOT / "ansible" / "deploy.yml"
 JOB_ROOT = "/var/lib/conductor/jobs"
 RELEASE = f"{JOB_ROOT}/release"  # jobs of these tests run until the test creates this file on their host
 PLAYBOOK_TIMEOUT = 600
+APPLY_TASK = "TASK [conductor : Converge the node with `conductor apply --mode systemd`]"
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
@@ -388,8 +389,12 @@ def test_rolling_upgrade_lets_running_jobs_finish(cluster: Cluster) -> None:
     process, log = cluster.start_playbook()
     released = threading.Event()
     try:
-        # The first batch (the first host: serial) waits for its workers to drain.
-        wait_until(lambda: process.poll() is not None or "Wait for the restarted workers" in log.read_text(),
+        # The first batch (the first host: serial) waits for its workers to drain: conductor apply
+        # restarts them, and each stays deactivating until its job ends.
+        draining = lambda: cluster.host(first).run(  # noqa: E731
+            "systemctl", "show", "--property=ActiveState", "--value", "conductor-worker@1.service",
+            check=False).stdout.strip() == "deactivating"
+        wait_until(lambda: process.poll() is not None or (APPLY_TASK in log.read_text() and draining()),
                    timeout=PLAYBOOK_TIMEOUT, interval=0.5, what="the first batch to restart its workers")
         assert process.poll() is None, log.read_text()[-4000:]
         states = [cluster.job(i) for i in ids]
@@ -420,10 +425,10 @@ def test_rolling_upgrade_lets_running_jobs_finish(cluster: Cluster) -> None:
         releases = host.run("ls", "/opt/conductor-releases").stdout.split()
         assert [f"/opt/conductor-releases/{name}" for name in releases] == [current], (host.name, current, releases)
     # Batches in inventory order (serial): the first host's workers restarted, then the second host's.
-    blocks = run.output.split("RUNNING HANDLER [conductor : Restart the running worker instances]")[1:]
+    blocks = run.output.split(APPLY_TASK)[1:]
     assert len(blocks) == 2, run.tail(200)
-    assert f"changed: [{first}]" in blocks[0].split("RUNNING HANDLER")[0]
-    assert f"changed: [{second}]" in blocks[1].split("RUNNING HANDLER")[0]
+    assert f"changed: [{first}]" in blocks[0].split("TASK [")[0]
+    assert f"changed: [{second}]" in blocks[1].split("TASK [")[0]
 
 
 def test_supervisord_mode_on_one_host(cluster: Cluster) -> None:
