@@ -1,14 +1,14 @@
 """The real parts every measurement stands on: a private redis-server and a private supervisord.
 
-These mirror tests/support.py on purpose (tests/ is not an importable package), tuned for
-benchmarking: no persistence in Redis, quiet logs, and process-level CPU and memory readings.
+Free ports, waiting and the clean environment are tests/support.py's (one copy for tests and
+benchmarks); Redis and supervisord here are tuned for benchmarking: no persistence in Redis,
+quiet logs, and process-level CPU and memory readings.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,39 +23,21 @@ from redis.exceptions import RedisError
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+import support  # noqa: E402  (tests/ is a directory of modules, not a package)
+from support import clean_env, free_port  # noqa: E402,F401  (re-exported for the benchmarks)
 
 
 class BenchError(RuntimeError):
     """A measurement could not be taken; the message says which and why."""
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (never Redis's 6379: the kernel hands out ephemeral ones)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.005) -> T:
-    """Poll ``predicate`` until it is truthy; a benchmark that hangs must fail loudly instead."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
-def clean_env() -> dict[str, str]:
-    """This environment minus conductor's own keys, which would override the app.properties we write."""
-    from conductor.config import Settings
-
-    names = {name.upper() for name in Settings.model_fields} | {"CONDUCTOR_CONFIG"}
-    env = {key: value for key, value in os.environ.items() if key.upper() not in names}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    """tests/support.py's wait_until; a benchmark that hangs fails with a BenchError instead."""
+    try:
+        return support.wait_until(predicate, timeout=timeout, interval=interval, what=what)
+    except AssertionError as error:
+        raise BenchError(str(error)) from None
 
 
 class RedisServer:

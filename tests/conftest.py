@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Node, RedisServer, Supervisord, require
+from support import Node, RedisServer, Supervisord, clear_settings_env, require
 
 
 @pytest.fixture
@@ -93,3 +93,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         lines.append(f"| {kind} | `{name}` | {cases} | {', '.join(verdicts)} |")
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No conductor setting from the caller's environment (modules use it with ``usefixtures``)."""
+    clear_settings_env(monkeypatch)

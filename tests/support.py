@@ -110,6 +110,17 @@ def node_config(directory: Path, redis: RedisServer, **overrides: Any) -> Path:
     return write_config(directory / "app.properties", **values)
 
 
+def clear_settings_env(monkeypatch: Any) -> None:
+    """Remove every conductor setting and $CONDUCTOR_CONFIG from this process's environment
+    (``monkeypatch``: pytest's), so that only the app.properties a test writes counts."""
+    from conductor.config import ENV_CONFIG, Settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    for key in list(os.environ):
+        if key.upper() in names or key == ENV_CONFIG:
+            monkeypatch.delenv(key)
+
+
 def clean_env() -> dict[str, str]:
     """The test process's environment without conductor keys that would override app.properties."""
     from conductor.config import Settings

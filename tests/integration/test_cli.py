@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conductor import config, jobs, keys, resources
-from conductor.config import Settings, load_settings
+from conductor import jobs, keys, resources
+from conductor.config import load_settings
 from conductor.jobs import JobSubmission
 from support import conductor, free_port, node_config, wait_until
 
@@ -24,12 +23,7 @@ WORKER_FIELDS = {"name", "node", "index", "pid", "host", "state", "job", "last_h
 G = 1 << 30
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = {name.upper() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.upper() in names or key == config.ENV_CONFIG:
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def blocking_script(release: Path) -> str:

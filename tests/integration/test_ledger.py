@@ -9,7 +9,6 @@ a single atomic view even while many clients write.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
-from conductor import config, jobs, keys, placement, registry, resources, scripts
+from conductor import jobs, keys, placement, registry, resources, scripts
 from conductor.config import Settings
 from conductor.jobs import JobRejected, JobState, JobSubmission
 from conductor.store import connect
@@ -139,12 +138,7 @@ def pending_index_violations(connection) -> list[str]:
     return found
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    names = {name.upper() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.upper() in names or key == config.ENV_CONFIG:
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def node_settings(url: str, name: str, cpus: int, memory: int = 16 * G) -> Settings:

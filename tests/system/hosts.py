@@ -25,13 +25,14 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support import free_port
 
 CACHE = Path(os.environ.get("CONDUCTOR_TEST_CACHE", "/var/cache/conductor-test"))
 # What every test host has: systemd as init, sshd and Python for Ansible, procps for the tests'
@@ -199,12 +200,6 @@ def test_key() -> Path:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "conductor-test",
                             "-f", str(key)], check=True, capture_output=True)
     return key
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

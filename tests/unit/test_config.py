@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conductor import config
 from conductor.config import ConfigError, Settings, load_settings
-from support import CONDUCTOR, clean_env
+from support import CONDUCTOR, clean_env, clear_settings_env
 
 REPO = Path(__file__).resolve().parents[2]
 SETTING_KEYS = sorted(name.upper() for name in Settings.model_fields)
@@ -26,9 +26,7 @@ SETTING_KEYS = sorted(name.upper() for name in Settings.model_fields)
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No conductor variable from the caller's environment, and a cwd without an app.properties."""
-    for key in list(os.environ):
-        if key.upper() in SETTING_KEYS or key == config.ENV_CONFIG:
-            monkeypatch.delenv(key)
+    clear_settings_env(monkeypatch)
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -347,3 +345,53 @@ def test_any_file_loads_or_raises_config_error_and_writes_nothing(isolated, tmp_
         assert loaded.worker_concurrency >= 1 and loaded.total_cpus >= 1
     assert sorted(p for p in tmp_path.rglob("*")) == before
     assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("JOB_ROOT=/var/lib\n", "'/var/lib' is a system directory"),
+    ("JOB_ROOT=/tmp/\n", "'/tmp' is a system directory"),
+    ("JOB_ROOT=/usr/local/jobs\n", "is a system directory"),
+    ("LOG_FILE=/dev/shm/workers.log\n", "'/dev/shm' is a system directory"),
+    ("LOG_FILE=workers.log\n", "must be an absolute path"),
+])
+def test_system_directories_are_refused_for_what_the_service_user_owns(isolated, text, fragment):
+    """JOB_ROOT and LOG_FILE's directory become the service user's: one rule, here, for every caller."""
+    path = write(isolated / "app.properties", f"NODE_NAME=ok\n{text}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert f"{path}:2:" in str(caught.value) and fragment in str(caught.value)
+
+
+def test_a_root_service_user_needs_allow_root_jobs(isolated):
+    path = write(isolated / "app.properties", "SERVICE_USER=root\n")
+    with pytest.raises(ConfigError, match="SERVICE_USER=root: services, and so jobs, never run as root"):
+        load_settings(path)
+    write(path, "SERVICE_USER=root\nALLOW_ROOT_JOBS=true\n")
+    assert load_settings(path).service_user == "root"
+
+
+def test_blocked_names_the_first_directory_a_user_cannot_pass():
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp())  # in /tmp, which anyone may pass (pytest's tmp_path is in a 0700 one)
+    try:
+        check_blocked(base)
+    finally:
+        shutil.rmtree(base)
+
+
+def check_blocked(tmp_path: Path) -> None:
+    from conductor.hostops import Account, blocked
+
+    outer = tmp_path / "home"
+    inner = outer / "clone" / ".venv"
+    inner.mkdir(parents=True)
+    outer.chmod(0o700)
+    tmp_path.chmod(0o755)
+    stranger = Account("nobody-here", None, frozenset())
+    owner = Account("me", outer.stat().st_uid, frozenset())
+    assert blocked(inner / "bin" / "conductor", stranger) == outer
+    assert blocked(inner / "bin" / "conductor", owner if owner.uid != 0 else Account("me", 0, frozenset())) is None
+    outer.chmod(0o701)  # passing through is enough; listing is not needed
+    assert blocked(inner / "bin" / "conductor", stranger) is None

@@ -19,7 +19,7 @@ import pytest
 
 from conductor import config, render
 from conductor.config import Settings, load_settings
-from support import CONDUCTOR, clean_env, write_config
+from support import CONDUCTOR, clean_env, clear_settings_env, write_config
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 FIXED_CONFIG = "/etc/conductor/app.properties"
@@ -39,10 +39,7 @@ GOLDEN_CASES = {
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    names = {name.upper() for name in Settings.model_fields}
-    for key in list(os.environ):
-        if key.upper() in names or key == config.ENV_CONFIG:
-            monkeypatch.delenv(key)
+    clear_settings_env(monkeypatch)
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
