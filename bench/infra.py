@@ -7,11 +7,9 @@ quiet logs, and process-level CPU and memory readings.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
