@@ -452,7 +452,8 @@ def test_unreachable_redis_gives_503_and_healthz_stays_up(tmp_path: Path) -> Non
     nobody = free_port()  # nothing listens here
     config = write_config(tmp_path / "app.properties", NODE_NAME="lonely", TOTAL_CPUS=2, TOTAL_MEMORY="1G",
                           REDIS_URL=f"redis://127.0.0.1:{nobody}/0", JOB_ROOT=tmp_path / "jobs",
-                          API_PORT=free_port(), SERVICE_USER=os.environ.get("USER", "root"))
+                          API_PORT=free_port(), SERVICE_USER=os.environ.get("USER", "root"),
+                          ALLOW_ROOT_JOBS=True)  # the API runs no jobs; root needs saying so
     with running(Api(config)) as api, no_server_errors(api):
         assert api.http.get("/healthz").status_code == 200
         for method, path, body in (("GET", "/readyz", None), ("GET", "/api/v1/jobs", None),
