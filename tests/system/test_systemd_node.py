@@ -7,6 +7,7 @@ All tests share one booted host (session fixture); each starts from the state it
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -227,3 +228,37 @@ def test_containment_is_none_where_the_hosts_cgroups_are_read_only(systemd_node:
                             f"{PREFIX}/bin/conductor", "worker", "--index", "9", "--config", CONFIG, check=False)
     assert refused.returncode == 6, refused.stdout + refused.stderr
     assert "JOB_CONTAINMENT=required but jobs cannot be contained" in refused.stdout + refused.stderr
+
+def test_apply_check_reports_and_changes_nothing_then_apply_and_verify(systemd_node: SystemdNode):
+    """`conductor apply --check` on the installed host: what a new WORKER_CONCURRENCY would do, done by nothing."""
+    node = systemd_node
+    node.ensure(4)
+    pids = node.wait_registered(range(1, 5))
+    conductor = f"{PREFIX}/bin/conductor"
+    same = json.loads(node.host.run(conductor, "apply", "--mode", "systemd", "--check", "--json", "--config", CONFIG).stdout)
+    assert same == {"changed": [], "started": [], "stopped": [], "restarted": []}
+
+    installed = node.host.run("cat", CONFIG).stdout
+    node.host.run("tee", "/root/five.properties", input=node.config_text(5))
+    planned = json.loads(node.host.run(conductor, "apply", "--mode", "systemd", "--check", "--json",
+                                       "--config", "/root/five.properties").stdout)
+    assert planned["started"] == ["conductor-worker@5.service"], planned
+    assert planned["stopped"] == [] and planned["restarted"] == [], planned
+    assert f"{CONFIG} (0640 root:{USER})" in planned["changed"]
+    assert "/etc/systemd/system/conductor-workers.target" in planned["changed"]
+    # Nothing changed: the installed file, the target, the running workers.
+    assert node.host.run("cat", CONFIG).stdout == installed
+    assert len(node.show("conductor-workers.target", "Wants")["Wants"].split()) == 4
+    assert node.active("conductor-worker@5.service") == "inactive"
+    assert node.wait_registered(range(1, 5)) == pids
+
+    result = node.host.run(conductor, "verify", "--json", "--config", CONFIG)
+    found = json.loads(result.stdout)
+    assert found["ok"] and found["workers"] == {str(i): pid for i, pid in pids.items()}
+    node.systemctl("stop", "conductor-worker@3.service")
+    broken = node.host.run(conductor, "verify", "--config", CONFIG, check=False)
+    assert broken.returncode == 1
+    assert "conductor-worker@3.service is inactive, not active" in broken.stderr
+    assert f"worker:{node.name}-3 is not registered in Redis" in broken.stderr
+    node.systemctl("start", "conductor-worker@3.service")
+    node.wait_registered(range(1, 5))
