@@ -162,3 +162,14 @@ def test_every_worker_is_registered_in_redis_by_its_process(host, expected):
         assert int(record["pid"]) == pids.get(index), (
             f"worker:{expected.node}-{index} was registered by pid {record['pid']}, "
             f"but worker {index} runs as pid {pids.get(index)}")
+
+
+def test_conductor_verify_agrees(host, expected):
+    """The node's own check, `conductor verify`, finds nothing wrong and sees the same worker processes."""
+    result = expected.run(host, expected.conductor, "verify", "--json", "--mode", expected.mode,
+                          "--config", expected.config, "--expect", str(expected.concurrency))
+    assert result.rc == 0, f"conductor verify on the host: {result.stderr}"
+    found = json.loads(result.stdout)
+    assert found["ok"] and found["problems"] == []
+    pids = {str(p["index"]): p["pid"] for p in worker_processes(host, expected)}
+    assert found["workers"] == pids
