@@ -136,7 +136,9 @@ def test_worker_exits_with_a_clear_message_when_redis_does_not_answer(tmp_path, 
 @pytest.mark.skipif(not IS_ROOT, reason="only a worker started by root can refuse to be root")
 @pytest.mark.reliability("security: worker started as root")
 def test_worker_started_as_root_refuses_jobs_unless_allowed(tmp_path, redis_server):
-    config = node_config(tmp_path, redis_server, ALLOW_ROOT_JOBS=False)
+    # Started by hand as root although SERVICE_USER is another user (SERVICE_USER=root itself
+    # needs ALLOW_ROOT_JOBS=true: a configuration error, refused by `conductor check`).
+    config = node_config(tmp_path, redis_server, SERVICE_USER="conductor", ALLOW_ROOT_JOBS=False)
     worker = WorkerProcess(config, 1, tmp_path / "worker.log")
     assert worker.wait() == 5
     assert "refusing to run jobs as root" in worker.output()
