@@ -585,10 +585,13 @@ class ClientGone(Exception):
 class Guard:
     """Token, body size and body encoding checks, before routing or parsing.
 
-    The body is read whole here (it is small by construction) and handed on. It is read even
-    when the answer is 401 or "too large": a server that answers and closes while request data
-    is still unread makes the client's TCP stack drop the answer, and the client sees a reset
-    instead of the reason. Reading is not parsing: nothing of a refused body is interpreted.
+    The token comes first: a request without it is answered 401 before a single byte of its
+    body is read, so an anonymous client cannot make the API buffer megabytes (a client that
+    sends ``Expect: 100-continue`` is not even asked for its body). Only then is the body read
+    whole (it is small by construction) and handed on; it is read even when the answer is "too
+    large", because a server that answers and closes while request data is still unread makes
+    the client's TCP stack drop the answer. Reading is not parsing: nothing of a refused body is
+    interpreted.
     """
 
     DRAIN_LIMIT = 64 << 20  # beyond this a client is not making a mistake: answer without reading on
@@ -602,6 +605,11 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.token and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+            # Connection: close, since the unread body cannot be the next request on this connection.
+            await _send_json(scope, _unread, send, 401, {"detail": self._why_unauthorized(scope)},
+                             {"WWW-Authenticate": 'Bearer realm="conductor"', "Connection": "close"})
+            return
         try:
             body = await self._read_body(scope, receive)
             problem = _not_utf8(body)
@@ -609,10 +617,7 @@ class Guard:
             body, problem = b"", {"type": "body_too_large", "loc": ["body"], "msg": str(error)}
         except ClientGone:
             return
-        if self.token and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-            await _send_json(scope, receive, send, 401, {"detail": self._why_unauthorized(scope)},
-                             {"WWW-Authenticate": 'Bearer realm="conductor"'})
-        elif problem:
+        if problem:
             await _send_json(scope, receive, send, 422, {"detail": [problem]})
         else:
             await self.app(scope, _replay(body, receive), send)
@@ -650,6 +655,11 @@ class Guard:
     def _too_large(self, size: int) -> str:
         return (f"the request body has {size} bytes or more; the API accepts at most {self.max_body} bytes "
                 f"({self.max_body >> 20} MiB), and a job script at most {jobs.MAX_SCRIPT_BYTES} bytes")
+
+
+async def _unread() -> Message:
+    """The ``receive`` of a refused request: the body stays unread (a response needs none of it)."""
+    return {"type": "http.disconnect"}
 
 
 def _not_utf8(body: bytes) -> dict[str, Any] | None:

@@ -7,10 +7,12 @@ in it must be reported once, precisely (file, line, key, reason) and before anyt
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import socket
 import sys
+from urllib.parse import urlsplit
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, Validation
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .store import redacted
+from .store import has_password, redacted
 from .units import format_memory, parse_duration, parse_memory
 
 ENV_CONFIG = "CONDUCTOR_CONFIG"
@@ -157,6 +159,9 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = ""
     redis_sentinel_password: SecretStr = SecretStr("")
     max_array_size: int = Field(default=1001, ge=1, le=4_000_001)  # array indices 0..N-1 (Slurm's MaxArraySize)
+    api_allow_anonymous: bool = False
+    max_output_size: int = Field(default=1 << 30, gt=0)
+    job_user: str = ""
     _source: Path | None = PrivateAttr(default=None)
 
     @classmethod
@@ -177,7 +182,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
         return value
 
-    @field_validator("total_memory", mode="before")
+    @field_validator("total_memory", "max_output_size", mode="before")
     @classmethod
     def _memory(cls, value: Any) -> int:
         return parse_memory(value)
@@ -204,7 +209,7 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url(cls, value: str) -> str:
         if not re.match(r"^(redis|rediss|unix)://", value):
-            raise ValueError(f"{value!r} must start with redis://, rediss:// or unix://")
+            raise ValueError(f"{redacted(value)!r} must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("cgroup_parent")
@@ -224,6 +229,16 @@ class Settings(BaseSettings):
     def _user(cls, value: str) -> str:
         if not USER_PATTERN.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid user name")
+        return value
+
+    @field_validator("job_user")
+    @classmethod
+    def _job_user(cls, value: str, info: ValidationInfo) -> str:
+        """Jobs as their own user keep them from the services' files and environment; never root, never SERVICE_USER."""
+        if value and (not USER_PATTERN.fullmatch(value) or value == "root"):
+            raise ValueError(f"{value!r} is not a valid user name for jobs (and never root)")
+        if value and value == info.data.get("service_user"):
+            raise ValueError(f"must differ from SERVICE_USER ({value}): jobs would reach the services' secrets")
         return value
 
     @field_validator("job_root", "install_prefix")
@@ -246,6 +261,8 @@ class Settings(BaseSettings):
     def _no_nul(cls, value: Path | None) -> Path | None:
         if value is not None and "\x00" in str(value):
             raise ValueError("must not contain a NUL byte")
+        if value is not None:
+            carriable(str(value))
         return value
 
     @field_validator("node_partitions")
@@ -347,6 +364,15 @@ class Settings(BaseSettings):
         if self.service_user == "root" and not self.allow_root_jobs:
             raise ValueError("SERVICE_USER=root: services, and so jobs, never run as root "
                              "(ALLOW_ROOT_JOBS=true allows it for development only)")
+    @model_validator(mode="after")
+    def _no_anonymous_public_api(self) -> Settings:
+        """An API without a token runs any script for anyone who reaches it: only on loopback by default."""
+        if (not self.api_token.get_secret_value() and not is_loopback(self.api_host)
+                and not self.api_allow_anonymous):
+            raise ValueError(
+                f"API_TOKEN is empty while API_HOST={self.api_host} is not a loopback address: anyone who "
+                "reaches that address could run jobs. Set API_TOKEN, bind API_HOST to 127.0.0.1, or set "
+                "API_ALLOW_ANONYMOUS=true to accept an anonymous API on the network")
         return self
 
     @property
@@ -370,6 +396,13 @@ class Settings(BaseSettings):
             found.append(
                 f"WORKER_CONCURRENCY={self.worker_concurrency} exceeds TOTAL_CPUS={self.total_cpus}: "
                 "some workers can only ever wait"
+            )
+        host = _redis_host(self.redis_url)
+        if host is not None and not is_loopback(host) and not has_password(self.redis_url):
+            found.append(
+                f"REDIS_URL {redacted(self.redis_url)} names a Redis on the network without a password: anyone "
+                "who reaches it can change the ledger or queue code for the workers; give Redis a password "
+                "(requirepass or an ACL user) and put it into REDIS_URL"
             )
         return found
 
@@ -396,6 +429,39 @@ class Settings(BaseSettings):
 
 def _is_system_dir(path: Path) -> bool:
     return Path(os.path.normpath(path)) in SYSTEM_DIRS or Path(os.path.normpath(path)).is_relative_to("/usr")
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost), unreachable from the network."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _redis_host(url: str) -> str | None:
+    """The TCP host of a REDIS_URL, None for a Unix socket (local by nature)."""
+    if url.startswith("unix://"):
+        return None
+    try:
+        return urlsplit(url).hostname or "127.0.0.1"
+    except ValueError:
+        return None
+
+
+UNCARRIABLE = re.compile(r"[\x00-\x1f\x7f]|\s[;#]")
+
+
+def carriable(value: str) -> str:
+    """Refuse what a rendered file cannot carry: control characters (a line break ends a unit's or an
+    ini file's line) and whitespace before ``;`` or ``#`` (supervisord and app.properties read the rest
+    of the line as a comment, so ``/opt/my ;venv`` would become ``/opt/my``). Quoting cannot help there."""
+    found = UNCARRIABLE.search(value)
+    if found:
+        raise ValueError(f"{value!r} cannot be written into supervisord, systemd or app.properties files: "
+                         f"{found.group()!r} at character {found.start() + 1} (a control character, or "
+                         "whitespace before ';' or '#', which starts a comment)")
+    return value
 
 
 def find_config(explicit: Path | None = None) -> Path | None:
@@ -419,6 +485,11 @@ def find_config(explicit: Path | None = None) -> Path | None:
 def load_settings(explicit: Path | None = None, **overrides: Any) -> Settings:
     """Settings from the chosen file and the environment, or a :class:`ConfigError` saying why not."""
     path = find_config(explicit)
+    if path is not None:
+        try:
+            carriable(str(path))
+        except ValueError as error:
+            raise ConfigError(f"{path}: the configuration file's path: {error}") from None
     token = _config_path.set(path)
     try:
         settings = Settings(**overrides)
@@ -445,6 +516,8 @@ def _explain(error: ValidationError, path: Path | None) -> str:
         else:
             where = str(path or "configuration")
         got = item.get("input")
+        if key == "REDIS_URL" and isinstance(got, str):
+            got = redacted(got)
         shown = f" (got {got!r})" if key and isinstance(got, str) and repr(got) not in reason else ""
         lines.append(f"{where}: {reason}{shown}")
     return "\n".join(lines)

@@ -128,3 +128,8 @@ RECONCILIATIONS = PREFIX + "reconciliations"  # hash kind -> count of repairs af
 
 
 EXPIRED_THROUGH = PREFIX + "expired-through"  # sorted set, one member: the highest job id retention removed
+
+
+def node_refused_rq_jobs(name: str) -> str:
+    """Counter of RQ jobs a node's workers refused: they named something other than conductor's job function."""
+    return f"{NODE_PREFIX}{name}:refused-rq-jobs"

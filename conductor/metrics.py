@@ -44,7 +44,8 @@ class ConductorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             families = [*job_states(self.connection), *node_ledgers(self.connection),
-                        *job_times(self.connection), *reconciliations(self.connection)]
+                        *job_times(self.connection), *reconciliations(self.connection),
+                        refused_rq_jobs(self.connection)]
         except UNREACHABLE as error:
             logger.error("metrics: Redis at {} is unreachable: {}", redacted(self.redis_url), error)
             yield GaugeMetricFamily("conductor_redis_up", "Whether Redis answered this scrape.", value=0)
@@ -93,6 +94,19 @@ def node_ledgers(connection: Redis) -> list[Metric]:
             states.add_metric([node["name"], state.value], float(node["state"] == state))
         containment.add_metric([node["name"], node["containment"]], 1)
     return [family for family, _ in families] + [states, containment]
+
+
+def refused_rq_jobs(connection: Redis) -> Metric:
+    """``conductor_refused_rq_jobs_total{node}``: RQ jobs naming anything but conductor's job function."""
+    family = CounterMetricFamily("conductor_refused_rq_jobs", "RQ jobs the node's workers refused to run: "
+                                 "they named something other than conductor's job function.", labels=["node"])
+    nodes = sorted(connection.smembers(keys.NODES))
+    with connection.pipeline(transaction=False) as pipe:
+        for node in nodes:
+            pipe.get(keys.node_refused_rq_jobs(node))
+        for node, count in zip(nodes, pipe.execute(), strict=True):
+            family.add_metric([node], float(count or 0))
+    return family
 
 
 def job_times(connection: Redis) -> list[Metric]:

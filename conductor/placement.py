@@ -17,8 +17,8 @@ from redis import Redis
 from rq import Queue
 
 from . import keys, scripts
+from .rqjobs import PERFORM, SERIALIZER
 
-PERFORM = "conductor.worker.perform"
 
 
 def place(connection: Redis, rq_connection: Redis) -> list[tuple[int, str]]:
@@ -37,7 +37,7 @@ def enqueue(rq_connection: Redis, placed: list[tuple[int, str]]) -> None:
         by_node[node].append(job_id)
     with rq_connection.pipeline() as pipe:
         for node, job_ids in by_node.items():
-            queue = Queue(keys.queue_name(node), connection=rq_connection)
+            queue = Queue(keys.queue_name(node), connection=rq_connection, serializer=SERIALIZER)
             queue.enqueue_many(
                 [
                     Queue.prepare_data(

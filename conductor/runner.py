@@ -25,6 +25,7 @@ from redis import Redis
 
 from . import cgroups, keys, procs
 from .jobs import JobState
+from .output import CappedOutput
 from .registry import HOST
 from .store import UNREACHABLE
 from .units import format_memory
@@ -57,8 +58,11 @@ class Runner:
     """Runs jobs for one worker; knows whether this host can honour CPU ids."""
 
     def __init__(self, connection: Redis, job_root: Path, node: str, worker: str,
-                 containment: cgroups.Containment | None = None, pids_max: int = 4096) -> None:
+                 containment: cgroups.Containment | None = None, pids_max: int = 4096,
+                 max_output: int = 1 << 30, job_user: str = "") -> None:
         self.connection = connection
+        self.max_output = max_output
+        self.job_account = pwd.getpwnam(job_user) if job_user else None
         self.job_root = job_root
         self.node = node
         self.worker = worker
@@ -77,7 +81,7 @@ class Runner:
         except OSError as error:
             return Outcome(JobState.FAILED, None, f"cannot create the job's cgroup: {error}")
         try:
-            process = self._spawn(job_id, job, group)
+            process, output = self._spawn(job_id, job, group)
         except (OSError, subprocess.SubprocessError) as error:
             if group is not None:
                 group.destroy()
@@ -91,11 +95,14 @@ class Runner:
             # holds what left the process group (setsid, double fork).
             procs.signal_group(process.pid, signal.SIGKILL)
             process.wait()  # the finish script drops the job's process-group entry
+            output.finish()
             if group is not None:
                 try:
                     usage = group.usage()
                 finally:
                     group.destroy()
+        if output.truncated:
+            outcome = Outcome(outcome.state, outcome.exit_code, "; ".join(filter(None, (outcome.reason, output.reason()))))
         return _contained(outcome, usage if group is not None else None, int(job["memory"]))
 
     def _limits(self, job: dict[str, str]) -> cgroups.Limits:
@@ -116,22 +123,63 @@ class Runner:
             logger.error("job {}: could not record its process group ({}); it runs on", job_id, error)
 
     def _spawn(self, job_id: int, job: dict[str, str],
-               group: cgroups.JobGroup | None = None) -> subprocess.Popen[bytes]:
+               group: cgroups.JobGroup | None = None) -> tuple[subprocess.Popen[bytes], CappedOutput]:
+        """Start the script; its stdout and stderr go through a pipe that :class:`CappedOutput` copies."""
         directory = job_dir(self.job_root, job_id)
         script = self._write_script(directory, job["script"])
-        with open(output_file(self.job_root, job_id, job.get("array_job_id"), job.get("array_task_id")), "ab") as output, self._bound(job):
-            return subprocess.Popen(
-                ["/bin/bash", str(script)],
-                cwd=directory,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=self._environment(job, directory),
-                start_new_session=True,
-                close_fds=True,
-                # Joins the job's cgroup between fork and exec: the script's first instruction is contained.
-                preexec_fn=group.enter if group is not None else None,
-            )
+        if self.job_account is not None:
+            self._hand_over(directory)
+        output = open(output_file(self.job_root, job_id, job.get("array_job_id"), job.get("array_task_id")), "ab")
+        read_fd, write_fd = os.pipe()
+        try:
+            with self._bound(job):
+                process = subprocess.Popen(
+                    # As JOB_USER the script is named from its directory, the job's working
+                    # directory: JOB_ROOT above it need not be searchable by JOB_USER.
+                    [*self._as_job_user(), "/bin/bash", script.name if self.job_account else str(script)],
+                    cwd=directory,
+                    stdin=subprocess.DEVNULL,
+                    stdout=write_fd,
+                    stderr=subprocess.STDOUT,
+                    env=self._environment(job, directory),
+                    start_new_session=True,
+                    close_fds=True,
+                    # Joins the job's cgroup between fork and exec: the script's first instruction is contained.
+                    preexec_fn=group.enter if group is not None else None,
+                )
+        except BaseException:
+            os.close(read_fd)
+            output.close()
+            raise
+        finally:
+            os.close(write_fd)
+        return process, CappedOutput(read_fd, output, self.max_output, job_id)
+
+    def _as_job_user(self) -> list[str]:
+        """The setpriv prefix that runs the script as JOB_USER with no capability and no way to gain one.
+
+        The worker holds CAP_SETUID/CAP_SETGID (and CAP_KILL, to stop the job) for this alone; setpriv drops them
+        from every set the job could inherit (ambient, inheritable) and sets no_new_privs, so the
+        job is an ordinary unprivileged process of another user: it cannot read app.properties
+        (0640 root:SERVICE_USER) nor the worker's /proc/PID/environ.
+        """
+        account = self.job_account
+        if account is None:
+            return []
+        return ["/usr/bin/setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
+                "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--"]
+
+    def _hand_over(self, directory: Path) -> None:
+        """Open the job directory to JOB_USER through its group (the worker is a member, so no CAP_CHOWN):
+        2770, so that what the job creates there stays in that group and the worker and API can read it.
+        The script is readable by the job but not writable."""
+        account = self.job_account
+        assert account is not None
+        os.chown(directory, -1, account.pw_gid)
+        directory.chmod(0o2770)
+        os.chown(directory / "script.sh", -1, account.pw_gid)
+        (directory / "script.sh").chmod(0o640)
+
 
     @staticmethod
     def _write_script(directory: Path, text: str) -> Path:
@@ -169,7 +217,7 @@ class Runner:
 
     def _environment(self, job: dict[str, str], directory: Path) -> dict[str, str]:
         """A clean environment: nothing of the worker's (REDIS_URL, API_TOKEN) leaks into jobs."""
-        account = pwd.getpwuid(os.getuid())
+        account = self.job_account or pwd.getpwuid(os.getuid())
         env = {
             "PATH": SAFE_PATH,
             "HOME": account.pw_dir,

@@ -15,7 +15,7 @@ called by hash; redis-py's Script loads them again on a ``NOSCRIPT`` reply from 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -26,6 +26,8 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 if TYPE_CHECKING:
     from .config import Settings
+
+from .redaction import has_password, redacted  # noqa: E402,F401  (re-exported: callers import them from here)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -101,13 +103,3 @@ def confirm_replicated(connection: Redis) -> None:
         return
     if int(connection.wait(1, REPLICA_ACK_TIMEOUT_MS)) < 1:
         raise NotReplicated(f"no replica confirmed the write within {REPLICA_ACK_TIMEOUT_MS} ms")
-
-
-def redacted(url: str) -> str:
-    """``url`` with any password replaced, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -10,6 +10,7 @@ default worker does would only add cost.
 from __future__ import annotations
 
 import os
+import pwd
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -17,9 +18,11 @@ from types import FrameType
 from loguru import logger
 from redis import Redis
 from redis.client import Pipeline
+from rq.job import Job
+from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
-from . import cgroups, failover, keys, placement, reconcile, registry, resources, retention, scripts
+from . import cgroups, failover, keys, placement, reconcile, registry, resources, retention, rqjobs, scripts
 from .config import Settings
 from .jobs import JobState
 from .runner import Runner
@@ -84,6 +87,21 @@ class ConductorRQWorker(SimpleWorker):
             pipe.execute()
         self._last_beat = (time.monotonic(), ttl)
         return None
+
+    node_name = ""  # set by run(): where refused jobs are counted
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run only conductor's own job function (see :mod:`conductor.rqjobs`); refuse and count the rest."""
+        why = rqjobs.refusal(job)
+        if why is None:
+            super().execute_job(job, queue)
+            return
+        logger.warning("refused RQ job {!r} from queue {}: {}; it was deleted without running",
+                       job.id[:200], queue.name, why)
+        with self.connection.pipeline() as pipe:
+            pipe.incr(keys.node_refused_rq_jobs(self.node_name))
+            pipe.delete(job.key)
+            pipe.execute()
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         if pipeline is None and state == self._state:
@@ -189,6 +207,8 @@ def run(settings: Settings, index: int) -> int:
                        "outlive their jobs): {}", containment.reason)
     else:
         logger.info("job containment: {} below {}", containment.mode.value, containment.parent)
+    if settings.job_user:
+        _check_job_user(settings.job_user)
     connection = connect(settings)
     rq_connection = connect(settings, decode=False)
     scripts.load_all(connection)
@@ -210,12 +230,14 @@ def run(settings: Settings, index: int) -> int:
         name=keys.rq_worker_name(name),
         connection=rq_connection,
         worker_ttl=max(int(settings.heartbeat_ttl), 15),
+        serializer=rqjobs.SERIALIZER,
     )
+    rq_worker.node_name = settings.node_name
     heartbeat = registry.Heartbeat(connection, settings, index, tick=lambda: _tick(settings, rq_worker),
                                    sweep=lambda: _sweep(settings, connection, rq_connection))
     _context = Context(settings, index, connection, rq_connection,
                        Runner(connection, settings.job_root, settings.node_name, name, containment,
-                              settings.job_pids_max), heartbeat)
+                              settings.job_pids_max, settings.max_output_size, settings.job_user), heartbeat)
     heartbeat.start()
     logger.info("worker {} registered (pid {}); RQ worker {}", name, os.getpid(), rq_worker.name)
     try:
@@ -238,6 +260,34 @@ def _sweep(settings: Settings, connection: Redis, rq_connection: Redis) -> None:
     """The cluster's maintenance, run by one worker at a time: placement's safety pass, retention."""
     placement.place(connection, rq_connection)
     retention.expire(connection, settings)
+
+
+def _check_job_user(name: str) -> None:
+    """Fail at start, not at the first job, when jobs cannot be run as JOB_USER."""
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise WorkerStartError(f"JOB_USER={name} does not exist: create it (the installers do), "
+                               "or leave JOB_USER empty to run jobs as the worker's own user", 2) from None
+    if os.geteuid() == 0:
+        return
+    if not _has_capabilities(CAP_SETUID, CAP_SETGID, CAP_KILL):
+        raise WorkerStartError(f"JOB_USER={name} needs CAP_SETUID, CAP_SETGID and CAP_KILL in the worker "
+                               "(the rendered systemd unit and supervisord program grant exactly these)", 2)
+    if account.pw_gid not in os.getgroups():
+        raise WorkerStartError(f"JOB_USER={name}: the worker must be a member of its group {account.pw_gid} "
+                               "(the rendered unit and program add it)", 2)
+
+
+CAP_KILL, CAP_SETGID, CAP_SETUID = 5, 6, 7
+
+
+def _has_capabilities(*numbers: int) -> bool:
+    """Whether this process holds every capability in ``numbers`` (its effective set, /proc/self/status)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("CapEff:"))
+    effective = int(line.split()[1], 16)
+    return all(effective >> number & 1 for number in numbers)
 
 
 def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
