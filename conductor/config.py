@@ -364,6 +364,8 @@ class Settings(BaseSettings):
         if self.service_user == "root" and not self.allow_root_jobs:
             raise ValueError("SERVICE_USER=root: services, and so jobs, never run as root "
                              "(ALLOW_ROOT_JOBS=true allows it for development only)")
+        return self
+
     @model_validator(mode="after")
     def _no_anonymous_public_api(self) -> Settings:
         """An API without a token runs any script for anyone who reaches it: only on loopback by default."""
