@@ -63,6 +63,8 @@ def with_settings(command: F) -> F:
             raise Failure(str(error)) from None
         except UNREACHABLE as error:
             raise Failure(f"cannot reach Redis at {redacted(settings.redis_url)}: {error}") from None
+        except OSError as error:  # a local fault, named as such (not blamed on Redis)
+            raise Failure(f"{error.filename}: {error.strerror}" if error.filename else str(error)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -13,6 +13,10 @@ NODES = PREFIX + "nodes"  # set of node names that ever registered
 WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
 MAINTENANCE = PREFIX + "maintenance"  # short lease: one worker per heartbeat interval reaps and places
 PENDING_CLASSES = PREFIX + "pending-classes"  # set of "<cpus>:<memory>:<partition>" classes with placeable pending jobs
+# Hash: Redis time of the last heartbeat from anyone, and until when nobody may reap. A silence
+# longer than HEARTBEAT_TTL is an outage (Redis paused or restarted): records expired without their
+# workers dying, so every worker gets a grace period to register again before anyone reaps.
+LIVENESS = PREFIX + "liveness"
 
 JOB_PREFIX = PREFIX + "job:"
 STATE_PREFIX = PREFIX + "state:"
@@ -85,12 +89,19 @@ def node_running(name: str) -> str:
 
 
 def node_process_groups(name: str) -> str:
-    """Hash job id -> "pgid start-ticks host worker" of the jobs running on the node's hosts.
+    """Hash "job-id:pgid" -> "pgid start-ticks host worker boot" per attempt of the jobs running on
+    the node's hosts (an attempt's entry is never overwritten by the next attempt's).
 
     Killing what a dead worker left behind is a duty of its own host, while settling its job
     may happen anywhere: this is how the host finds the processes after the job has been settled.
     """
     return f"{NODE_PREFIX}{name}:process-groups"
+
+
+def node_worker_processes(name: str) -> str:
+    """Hash worker name -> "host boot pid start-ticks": outlives the expiring record, so that a
+    reaper on the worker's own host can see that its process is still there and leave it alone."""
+    return f"{NODE_PREFIX}{name}:worker-processes"
 
 
 def node_workers(name: str) -> str:

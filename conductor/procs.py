@@ -32,16 +32,80 @@ def is_running(pid: int, ticks: int | None) -> bool:
     return current is not None and (ticks is None or current == ticks)
 
 
-def kill_orphaned_group(pgid: int, leader_ticks: int | None) -> bool:
-    """SIGKILL the group ``pgid`` left by a dead worker, unless the number now belongs to someone else.
+def boot_id() -> str:
+    """This machine's boot and PID namespace: PIDs and start times mean something only within both.
 
-    While any member of the original group lives, Linux does not hand its number out again; so
-    the group is ours if its leader is gone, or if the leader is still the recorded process.
+    The kernel's boot id changes at every boot; containers share it, so the PID namespace is part
+    of the identity too (two hosts with the same host name never pass for one another).
     """
-    leader = start_ticks(pgid)
-    if leader is not None and leader_ticks is not None and leader != leader_ticks:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown-boot"
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        namespace = "[unknown-ns]"
+    return f"{boot}{namespace}"
+
+
+BOOT = boot_id()
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _is_jobs(pid: int, job_id: str) -> bool:
+    """Whether ``pid`` provably runs for job ``job_id``: the runner put CONDUCTOR_JOB_ID into its
+    environment, which its descendants inherit (reading it needs the same user, or root)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
         return False
-    return signal_group(pgid, signal.SIGKILL)
+    return f"CONDUCTOR_JOB_ID={job_id}".encode() in environ.split(b"\0")
+
+
+def kill_orphaned_group(pgid: int, leader_ticks: int | None, boot: str = BOOT, job_id: str = "") -> list[int]:
+    """SIGKILL what is left of job ``job_id``'s process group ``pgid``; returns the PIDs signalled.
+
+    Only processes that are provably the job's are signalled: none after a reboot (another boot
+    id), the leader only while it is the recorded process (PID + start time), others only if
+    they carry the job's id in their environment. A signal the kernel refuses (a group that now
+    belongs to another user) is logged, never fatal: a worker must start whatever it finds.
+    """
+    from loguru import logger
+
+    if boot != BOOT:
+        return []
+    signalled = []
+    for pid in _group_members(pgid):
+        ticks = start_ticks(pid)
+        if pid == pgid:
+            ours = leader_ticks is not None and ticks == leader_ticks
+        else:
+            ours = bool(job_id) and _is_jobs(pid, job_id) and (leader_ticks is None or (ticks or 0) >= leader_ticks)
+        if not ours:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            signalled.append(pid)
+        except ProcessLookupError:
+            pass
+        except PermissionError as error:
+            logger.error("not allowed to kill process {} of job {}'s group {}: {}", pid, job_id, pgid, error)
+    return signalled
 
 
 def signal_group(pgid: int, signum: int) -> bool:

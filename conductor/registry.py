@@ -43,6 +43,7 @@ def register(connection: Redis, settings: Settings, index: int, job: int | None 
         "pid": os.getpid(),
         "pid_start": procs.start_ticks(os.getpid()) or "",
         "host": HOST,
+        "boot": procs.BOOT,
         "state": "idle" if job is None else "busy",
         "job": "" if job is None else job,
         "started_at": now,
@@ -56,17 +57,32 @@ def register(connection: Redis, settings: Settings, index: int, job: int | None 
         pipe.sadd(keys.WORKERS, name)
         pipe.sadd(keys.node_workers(settings.node_name), name)
         pipe.sadd(keys.NODES, settings.node_name)
+        pipe.hset(keys.node_worker_processes(settings.node_name), name,
+                  f"{HOST} {procs.BOOT} {record['pid']} {record['pid_start']}")
         pipe.execute()
 
 
 def unregister(connection: Redis, settings: Settings, index: int) -> None:
-    """Remove this worker's record and its slot (a clean exit leaves nothing to reap)."""
+    """Remove this worker's record and its slot (a clean exit leaves nothing to reap); jobs placed
+    on the node that no remaining slot can claim go back to PENDING in the same step."""
     name = settings.worker_name(index)
-    with connection.pipeline() as pipe:
-        pipe.delete(keys.worker(name))
-        pipe.srem(keys.node_workers(settings.node_name), name)
-        pipe.srem(keys.WORKERS, name)
-        pipe.execute()
+    handed_back = int(scripts.run(connection, "unregister", name, settings.node_name))  # type: ignore[arg-type]
+    if handed_back:
+        logger.info("{} job(s) placed on {} handed back to PENDING as {} leaves", handed_back,
+                    settings.node_name, name)
+
+
+def same_host(host: str | None, boot: str | None) -> bool:
+    """Whether a recorded host name and boot id are this very machine (PIDs are comparable)."""
+    return host == HOST and boot == procs.BOOT
+
+
+def process_alive(entry: str | None) -> bool:
+    """Whether a worker-processes entry ("host boot pid ticks") is a process alive on this host."""
+    if not entry:
+        return False
+    host, boot, pid, ticks = (entry.split(" ") + ["", "", "", ""])[:4]
+    return same_host(host, boot) and procs.is_running(int(pid), int(ticks) if ticks else None)
 
 
 def is_live(record: dict[str, str]) -> bool:
@@ -77,7 +93,7 @@ def is_live(record: dict[str, str]) -> bool:
     """
     if not record:
         return False
-    if record.get("host") != HOST:
+    if not same_host(record.get("host"), record.get("boot")):
         return True  # the record has not expired, and Redis's clock is the only one trusted
     ticks = record.get("pid_start")
     return procs.is_running(int(record["pid"]), int(ticks) if ticks else None)
@@ -100,7 +116,13 @@ def claim(connection: Redis, rq_connection: Redis, settings: Settings, index: in
     if record:
         logger.warning("previous instance of {} (pid {}) is gone; cleaning up after it", name, record.get("pid"))
         connection.delete(keys.worker(name))
-    reap(connection, name, settings.node_name)
+    last = connection.hget(keys.node_worker_processes(settings.node_name), name)
+    if last and process_alive(last):
+        raise WorkerConflict(f"worker {name} is already running (pid {last.split(' ')[2]} on this host); "
+                             "refusing to start a second instance with the same index")
+    # The previous instance is provably gone when it ran here; one on another host is reaped only
+    # outside an outage's grace period, like any other.
+    reap(connection, name, settings.node_name, force=not last or same_host(*last.split(" ")[:2]))
     kill_orphans(connection, settings.node_name)
     rq_worker = SimpleWorker.find_by_key(
         SimpleWorker.redis_worker_namespace_prefix + keys.rq_worker_name(name), connection=rq_connection
@@ -110,9 +132,12 @@ def claim(connection: Redis, rq_connection: Redis, settings: Settings, index: in
         rq_worker.register_death()
 
 
-def reap(connection: Redis, name: str, node: str) -> list[int]:
-    """Settle what dead worker ``name`` left: its job ends NODE_FAIL, its resources are released."""
-    ended = [int(job_id) for job_id in scripts.run(connection, "reap", name, node)]  # type: ignore[union-attr]
+def reap(connection: Redis, name: str, node: str, force: bool = False) -> list[int]:
+    """Settle what dead worker ``name`` left: its job ends NODE_FAIL, its resources are released.
+
+    ``force`` skips the grace period after an outage: for a worker proven dead on this host.
+    """
+    ended = [int(job_id) for job_id in scripts.run(connection, "reap", name, node, "force" if force else "")]  # type: ignore[union-attr]
     for job_id in ended:
         logger.warning("job {} of dead worker {} settled (NODE_FAIL, or requeued once if submitted so)",
                        job_id, name)
@@ -122,26 +147,60 @@ def reap(connection: Redis, name: str, node: str) -> list[int]:
 def kill_orphans(connection: Redis, node: str) -> list[int]:
     """Kill, on this host, the job processes whose worker is dead or whose job has ended.
 
-    PID reuse is guarded against by the recorded start time of each group's leader.
+    Each entry is one attempt of a job. It is left alone while its worker's process is alive on
+    this host (after a Redis outage its record may have expired without it dying) and while its
+    worker still owns the running job; other attempts (a requeued job's first copy) are killed.
     """
-    entries = connection.hgetall(keys.node_process_groups(node))
+    groups = keys.node_process_groups(node)
+    entries = connection.hgetall(groups)
+    mine = [(field, entry.split(" ")) for field, entry in sorted(entries.items())]
+    mine = [(field, parts) for field, parts in mine if len(parts) >= 4 and parts[2] == HOST
+            and (len(parts) < 5 or parts[4] == procs.BOOT)]
+    if not mine:
+        return []
+    with connection.pipeline(transaction=False) as pipe:
+        for field, parts in mine:
+            pipe.exists(keys.worker(parts[3]))
+            pipe.hmget(keys.job(field.split(":")[0]), "state", "worker", "cgroup")
+            pipe.hget(keys.node_worker_processes(node), parts[3])
+        rows = pipe.execute()
     killed = []
-    for job_id, entry in sorted(entries.items()):
-        pgid, ticks, host, worker = entry.split(" ")
-        if host != HOST:
+    for i, (field, parts) in enumerate(mine):
+        job_id = field.split(":")[0]
+        pgid, ticks, _, worker = parts[:4]
+        worker_alive, (state, owner, group), process = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
+        if state == "RUNNING" and owner == worker and (worker_alive or process_alive(process)):
             continue
-        with connection.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.worker(worker))
-            pipe.hmget(keys.job(job_id), "state", "worker", "cgroup")
-            worker_alive, (state, owner, group) = pipe.execute()
-        if worker_alive and state == "RUNNING" and owner == worker:
-            continue
-        if procs.kill_orphaned_group(int(pgid), int(ticks) if ticks else None):
+        if procs.kill_orphaned_group(int(pgid), int(ticks) if ticks else None, job_id=job_id):
             logger.warning("killed the processes of job {} left behind by worker {}", job_id, worker)
             killed.append(int(job_id))
-        if group:  # what left the process group (setsid, double fork) is still in the job's cgroup
+        # What left the process group (setsid, double fork) is still in the job's cgroup, unless
+        # the job runs again (a later attempt, in a cgroup of the same name): then only the group.
+        if group and not (state == "RUNNING" and owner and owner != worker):
             cgroups.destroy(group)
-        connection.hdel(keys.node_process_groups(node), job_id)
+        connection.hdel(groups, field)
+    return killed
+
+
+def kill_other_attempts(connection: Redis, node: str, job_id: int, pgid: int) -> list[int]:
+    """Kill, on this host, every earlier attempt of job ``job_id`` (a requeued job's first copy
+    that outlived its worker), so that a job never runs twice at once; returns the PIDs killed."""
+    groups = keys.node_process_groups(node)
+    killed: list[int] = []
+    for field, entry in connection.hgetall(groups).items():
+        parts = entry.split(" ")
+        if field.split(":")[0] != str(job_id) or field == f"{job_id}:{pgid}" or len(parts) < 4:
+            continue
+        if parts[2] != HOST or (len(parts) >= 5 and parts[4] != procs.BOOT):
+            continue  # another host's: it kills them itself on its next heartbeat
+        done = procs.kill_orphaned_group(int(parts[0]), int(parts[1]) if parts[1] else None, job_id=str(job_id))
+        group = connection.hget(keys.job(job_id), "cgroup")
+        if group:  # the earlier attempt's cgroup (this attempt has not made its own yet)
+            cgroups.destroy(group)
+        if done:
+            logger.warning("killed an earlier copy of job {} (group {}, worker {})", job_id, parts[0], parts[3])
+        killed += done
+        connection.hdel(groups, field)
     return killed
 
 
@@ -156,6 +215,8 @@ def reap_dead(connection: Redis) -> list[int]:
     for name, exists in zip(names, alive):
         if not exists:
             node = name.rsplit("-", 1)[0]
+            if process_alive(connection.hget(keys.node_worker_processes(node), name)):
+                continue  # its record expired but its process lives here: it registers again itself
             logger.warning("worker {} missed its heartbeats; reaping it", name)
             ended += reap(connection, name, node)
     return ended
@@ -219,7 +280,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         name = self.settings.worker_name(self.index)
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
-        if not scripts.run(self.connection, "heartbeat", name, ttl_ms, f"{time.time():.6f}"):
+        grace = 2 * self.settings.heartbeat_ttl + self.settings.heartbeat_interval
+        if not scripts.run(self.connection, "heartbeat", name, ttl_ms, f"{time.time():.6f}", grace):
             logger.warning("record of {} had expired (heartbeats were late); registering again", name)
             register(self.connection, self.settings, self.index, self.job)
         failover.EPOCH.observe(self.connection)

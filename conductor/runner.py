@@ -26,7 +26,7 @@ from redis import Redis
 from . import cgroups, keys, procs
 from .jobs import JobState
 from .output import CappedOutput
-from .registry import HOST
+from .registry import HOST, kill_other_attempts
 from .store import UNREACHABLE
 from .units import format_memory
 
@@ -59,10 +59,14 @@ class Runner:
 
     def __init__(self, connection: Redis, job_root: Path, node: str, worker: str,
                  containment: cgroups.Containment | None = None, pids_max: int = 4096,
-                 max_output: int = 1 << 30, job_user: str = "") -> None:
+                 max_output: int = 1 << 30, job_user: str = "",
+                 waiter: Redis | None = None) -> None:
         self.connection = connection
         self.max_output = max_output
         self.job_account = pwd.getpwnam(job_user) if job_user else None
+        # Blocks on the job's control list; with a read timeout, so that a paused Redis cannot
+        # keep the worker from noticing its job's exit (it then watches the process locally).
+        self.waiter = waiter or connection
         self.job_root = job_root
         self.node = node
         self.worker = worker
@@ -70,10 +74,16 @@ class Runner:
         self.warned_unbound = False
         self.containment = containment if containment is not None else cgroups.Containment(cgroups.Mode.NONE)
         self.pids_max = pids_max
+        self.attempt = ""  # the running attempt's process-group field, for the finish script
 
     def run(self, job: dict[str, str]) -> Outcome:
         """Run ``job`` (its stored fields) to its end and say how it ended."""
         job_id = int(job["id"])
+        self.attempt = ""
+        try:  # a requeued job's earlier copy on this host is killed before this one starts
+            kill_other_attempts(self.connection, self.node, job_id, 0)
+        except UNREACHABLE as error:
+            logger.error("job {}: could not look for earlier copies ({}); the heartbeat kills them", job_id, error)
         group = None
         try:
             if self.containment.mode is not cgroups.Mode.NONE:
@@ -113,11 +123,13 @@ class Runner:
     def _record_process(self, job_id: int, pid: int, group: cgroups.JobGroup | None = None) -> None:
         """Note the job's process group and cgroup, so a reaper can kill it if this worker dies."""
         ticks = procs.start_ticks(pid) or ""
+        self.attempt = f"{job_id}:{pid}"  # one entry per attempt: a later attempt never hides this one
         try:
             with self.connection.pipeline() as pipe:
                 pipe.hset(keys.job(job_id), mapping={"pgid": pid, "pgid_start": ticks, "host": HOST,
                                                      "cgroup": group.relative if group else ""})
-                pipe.hset(keys.node_process_groups(self.node), job_id, f"{pid} {ticks} {HOST} {self.worker}")
+                pipe.hset(keys.node_process_groups(self.node), self.attempt,
+                          f"{pid} {ticks} {HOST} {self.worker} {procs.BOOT}")
                 pipe.execute()
         except UNREACHABLE as error:  # the job runs on; only orphan clean-up after a crash is lost
             logger.error("job {}: could not record its process group ({}); it runs on", job_id, error)
@@ -279,7 +291,7 @@ class Runner:
                 return Outcome(JobState.TIMEOUT, None, f"time limit of {time_limit:g} s reached")
             wait = 5.0 if remaining is None else min(remaining, 5.0)
             try:
-                message = self.connection.blpop([control], timeout=wait)
+                message = self.waiter.blpop([control], timeout=wait)
             except UNREACHABLE as error:
                 logger.error("job {}: Redis unreachable while waiting ({}); watching the process locally", job_id, error)
                 _wait_quietly(process, min(wait, 1.0))

@@ -22,7 +22,7 @@ def _source(name: str) -> str:
         f"local {constant} = {getattr(keys, constant)!r}"
         for constant in ("NEXT_JOB_ID", "JOBS", "NODES", "WORKERS", "JOB_PREFIX", "STATE_PREFIX",
                          "NODE_PREFIX", "WORKER_PREFIX", "PENDING_CLASSES", "PENDING_CLASS_PREFIX",
-                         "ACTIVE_NAME_PREFIX", "RECONCILIATIONS", "ARRAY_PREFIX")
+                         "ACTIVE_NAME_PREFIX", "RECONCILIATIONS", "ARRAY_PREFIX", "LIVENESS")
     )
     lua = files("conductor") / "lua"
     return "\n".join([constants, (lua / "prelude.lua").read_text(), (lua / f"{name}.lua").read_text()])

@@ -29,31 +29,37 @@ if TYPE_CHECKING:
 
 from .redaction import has_password, redacted  # noqa: E402,F401  (re-exported: callers import them from here)
 
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Only Redis's own connection errors mean "Redis unreachable" (redis-py wraps socket errors in
+# them); any other OSError is a local fault (an unwritable JOB_ROOT) and is reported as itself.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 REPLICA_ACK_TIMEOUT_MS = 2000  # how long a submission waits for a replica before failing
 
 
-def _retry() -> Retry:
+def _retry(retries: int = 3) -> Retry:
     """A few quick retries; longer outages are the callers' loops' business (heartbeat, RQ's
     dequeue, the end of a job), each with its own bounded backoff. A longer retry inside one
     command would not help across a failover: measured with redis-py 8, a blocking command
     caught by the primary's death kept retrying the dead address for all its retries (11.5 s
     with 14), while a fresh command after a short retry found the new primary at once."""
-    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3)
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
 
 
-def connect(target: str | Settings, *, decode: bool = True) -> Redis:
+def connect(target: str | Settings, *, decode: bool = True, socket_timeout: float | None = None,
+            retries: int = 3) -> Redis:
     """A client for REDIS_URL, or for the primary the sentinels name, retrying transient errors.
 
     ``target`` is a URL or the node's Settings; only Settings can name sentinels. The URL's
     password, user name, database and scheme (``rediss://`` for TLS) apply to the primary either
-    way, and to the sentinels too unless REDIS_SENTINEL_PASSWORD is set.
+    way, and to the sentinels too unless REDIS_SENTINEL_PASSWORD is set. ``socket_timeout``
+    bounds each reply: a paused Redis (SIGSTOP, a hung host) accepts connections and never
+    answers, which only a read timeout turns into an error.
     """
     url = target if isinstance(target, str) else target.redis_url
     options = dict(
         decode_responses=decode,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
@@ -61,7 +67,7 @@ def connect(target: str | Settings, *, decode: bool = True) -> Redis:
     )
     sentinels = [] if isinstance(target, str) else target.sentinel_addresses
     if not sentinels:
-        return Redis.from_url(url, retry=_retry(), **options)  # type: ignore[arg-type]
+        return Redis.from_url(url, retry=_retry(retries), **options)  # type: ignore[arg-type]
     assert not isinstance(target, str)
     parts = urlsplit(url)
     credentials = {
@@ -78,7 +84,7 @@ def connect(target: str | Settings, *, decode: bool = True) -> Redis:
     )
     database = int(parts.path.strip("/") or 0)
     return sentinel.master_for(  # type: ignore[no-any-return]
-        target.redis_sentinel_master, redis_class=Redis, db=database, retry=_retry(),
+        target.redis_sentinel_master, redis_class=Redis, db=database, retry=_retry(retries),
         **credentials, **options,
     )
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -18,11 +20,12 @@ from types import FrameType
 from loguru import logger
 from redis import Redis
 from redis.client import Pipeline
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
 
-from . import cgroups, failover, keys, placement, reconcile, registry, resources, retention, rqjobs, scripts
+from . import cgroups, failover, keys, placement, procs, reconcile, registry, resources, retention, rqjobs, scripts, spool
 from .config import Settings
 from .jobs import JobState
 from .runner import Runner
@@ -33,6 +36,25 @@ EXIT_CONFLICT = 3
 EXIT_NO_REDIS = 4
 EXIT_ROOT = 5
 EXIT_NO_CONTAINMENT = 6
+EXIT_JOB_ROOT = 7
+STOP_RETRY = 10.0  # how long a stopping worker keeps trying to record a job's end before leaving it spooled
+WAIT_TIMEOUT = 7.0  # read timeout of the runner's wait for a job's control messages (each wait is <= 5 s)
+
+# When a stop was requested (time.monotonic()), set by the signal handler from local state only.
+_stop_at: float | None = None
+
+
+def stopping() -> bool:
+    return _stop_at is not None
+
+
+def _say(level: str, message: str) -> None:
+    """Log from a signal handler: loguru refuses (RuntimeError) when the interrupted code was in the
+    middle of a log call; the line then goes straight to stderr, and the stop is never lost."""
+    try:
+        logger.log(level, message)
+    except RuntimeError:
+        os.write(2, f"{level} | {message}\n".encode())
 
 
 class WorkerStartError(RuntimeError):
@@ -52,21 +74,39 @@ class ConductorRQWorker(SimpleWorker):
 
     max_connection_wait_time = 1.0  # RQ's 60 s would leave a worker idle long after a failover
 
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        # Local state only: a signal handler must not need Redis, or a stop during an outage is lost.
-        busy = self.get_state() == WorkerStatus.BUSY
-        logger.info("stop requested: finishing the current job first (signal again to stop now)"
-                    if busy else "stop requested")
-        super().request_stop(signum, frame)
+    _dequeuing = False
 
-    def set_shutdown_requested_date(self) -> None:
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Note the stop first, then say so; act on it at the next safe point.
+
+        Local state only: a handler that needs Redis loses the stop during an outage. RQ's own
+        handler raises StopRequested wherever the worker is when not busy, which RQ's job
+        bookkeeping right after a job's end can swallow; here it is raised only while waiting for
+        a job, and otherwise the work loop stops at its next turn.
+        """
+        global _stop_at
+        if _stop_at is None:
+            _stop_at = time.monotonic()
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        busy = _context is not None and _context.heartbeat.job is not None
+        _say("INFO", "stop requested: finishing the current job first (signal again to stop now)"
+             if busy else "stop requested")
+        if self._dequeuing:
+            raise StopRequested()
+
+    def dequeue_job_and_maintain_ttl(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._dequeuing = True
         try:
-            super().set_shutdown_requested_date()
-        except UNREACHABLE as error:  # called from the signal handler: the stop itself must hold
-            logger.warning("could not record the stop request in Redis ({}); stopping after the job anyway", error)
+            if self._stop_requested:
+                raise StopRequested()
+            return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+        finally:
+            self._dequeuing = False
 
     def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
-        logger.warning("second stop signal: stopping now, the current job ends NODE_FAIL")
+        _say("WARNING", "second stop signal: stopping now, the current job ends NODE_FAIL")
         raise SystemExit(1)
 
     # RQ refreshes its worker record several times per job, each a separate round trip; for
@@ -148,24 +188,51 @@ def perform(job_id: int) -> None:
     finally:
         ctx.heartbeat.job = None
     _finish(ctx, job_id, outcome.state, outcome.exit_code, outcome.reason, outcome.usage)
+    if stopping():
+        # Leave the slot before placing anything: a stopping worker must not be handed a job it
+        # will never claim (jobs already placed on it go back to PENDING in the same step).
+        ctx.heartbeat.stopped.set()
+        try:
+            registry.unregister(ctx.connection, ctx.settings, ctx.index)
+        except UNREACHABLE as error:
+            logger.error("could not leave slot {} (Redis unreachable: {})", ctx.settings.worker_name(ctx.index), error)
+            return
     placement.place(ctx.connection, ctx.rq_connection)
 
 
 def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, reason: str,
             usage: cgroups.Usage | None = None) -> None:
-    """Record the end of a job; through a Redis outage, keep trying: an ended job is never lost."""
+    """Record the end of a job, never losing it and never waiting for Redis past a stop request.
+
+    The end is spooled on local disk first; through a Redis outage the worker keeps trying,
+    unless it has been told to stop: then, after STOP_RETRY more seconds, it leaves and the spool
+    is replayed by the next worker of this node to start (or a sibling's heartbeat) once Redis
+    answers. The stop watchdog ends the process at WORKER_STOP_TIMEOUT whatever it waits for.
+    """
     name = ctx.settings.worker_name(ctx.index)
     reconcile.MEMORY.ended(job_id, state, exit_code, reason)
     code = "" if exit_code is None else exit_code
+    args: list[object] = [job_id, state.value, code, reason, name, ctx.runner.attempt]
+    spooled = spool.write(ctx.settings, job_id, args)
     delay = 0.1
+    leave_at: float | None = None
     while True:
         try:
             if usage is not None:
                 resources.record_usage(ctx.connection, ctx.settings.node_name, job_id, usage)
                 usage = None  # recorded once, even if the finish below must be retried
-            settled = scripts.run(ctx.connection, "finish", job_id, state.value, code, reason, name)
+            settled = scripts.run(ctx.connection, "finish", *args)
+            spooled.unlink(missing_ok=True)
             break
         except UNREACHABLE as error:
+            spool.write(ctx.settings, job_id, args, sync=True)
+            if stopping() and leave_at is None:
+                leave_at = time.monotonic() + STOP_RETRY  # a Redis restart may be just seconds long
+            if leave_at is not None and time.monotonic() >= leave_at:
+                logger.error("cannot record the end of job {} ({}): Redis unreachable ({}); stopping with it "
+                             "kept in {}, recorded when a worker of this node runs again",
+                             job_id, state.value, error, spooled)
+                return
             logger.error("cannot record the end of job {} ({}): Redis unreachable ({}); retrying in {:.1f} s",
                          job_id, state.value, error, delay)
             time.sleep(delay)
@@ -209,6 +276,12 @@ def run(settings: Settings, index: int) -> int:
         logger.info("job containment: {} below {}", containment.mode.value, containment.parent)
     if settings.job_user:
         _check_job_user(settings.job_user)
+    try:
+        settings.job_root.mkdir(parents=True, exist_ok=True)
+        spool.directory(settings).mkdir(mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise WorkerStartError(f"JOB_ROOT {settings.job_root} is not usable: {error.strerror} "
+                               f"({error.filename})", EXIT_JOB_ROOT) from None
     connection = connect(settings)
     rq_connection = connect(settings, decode=False)
     scripts.load_all(connection)
@@ -217,11 +290,11 @@ def run(settings: Settings, index: int) -> int:
     except UNREACHABLE as error:
         raise WorkerStartError(f"Redis at {redacted(settings.redis_url)} does not answer: {error}",
                                EXIT_NO_REDIS) from None
+    spool.replay(connection, settings)
     try:
         registry.claim(connection, rq_connection, settings, index)
     except registry.WorkerConflict as error:
         raise WorkerStartError(str(error), EXIT_CONFLICT) from None
-    settings.job_root.mkdir(parents=True, exist_ok=True)
     resources.node_up(connection, settings, containment.mode.value)
     registry.register(connection, settings, index)
     name = settings.worker_name(index)
@@ -237,8 +310,10 @@ def run(settings: Settings, index: int) -> int:
                                    sweep=lambda: _sweep(settings, connection, rq_connection))
     _context = Context(settings, index, connection, rq_connection,
                        Runner(connection, settings.job_root, settings.node_name, name, containment,
-                              settings.job_pids_max, settings.max_output_size, settings.job_user), heartbeat)
+                              settings.job_pids_max, settings.max_output_size, settings.job_user,
+                              waiter=connect(settings, socket_timeout=WAIT_TIMEOUT, retries=0)), heartbeat)
     heartbeat.start()
+    threading.Thread(target=_stop_watchdog, args=(settings,), name="stop-watchdog", daemon=True).start()
     logger.info("worker {} registered (pid {}); RQ worker {}", name, os.getpid(), rq_worker.name)
     try:
         placement.place(connection, rq_connection)
@@ -295,6 +370,7 @@ def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
     ctx = _context
     if ctx is None:
         return
+    spool.replay(ctx.connection, settings)
     try:  # before orphans are judged; a failing repair must not stop the node's other duties
         reconcile.reassert(ctx.connection, settings, settings.worker_name(ctx.index))
     except UNREACHABLE:
@@ -310,3 +386,28 @@ def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
     job, execution = rq_worker.get_current_job(), rq_worker.execution
     if job is not None and execution is not None:
         rq_worker.maintain_heartbeats(job, execution)  # keep RQ's view of a long job alive
+
+
+def _stop_watchdog(settings: Settings) -> None:
+    """Make a stop requested by supervisord or systemd end within WORKER_STOP_TIMEOUT, Redis or not.
+
+    Shortly before the supervisor's own SIGKILL would come, a job still running ends NODE_FAIL
+    (spooled: Redis may be gone) and its processes are killed; then the process leaves, even if
+    its main thread is stuck waiting for Redis. Spooled outcomes are replayed by the next worker.
+    """
+    margin = min(5.0, settings.worker_stop_timeout / 5)
+    while _stop_at is None or time.monotonic() < _stop_at + settings.worker_stop_timeout - margin:
+        time.sleep(0.2)
+    ctx = _context
+    if ctx is not None and ctx.heartbeat.job is not None:
+        job_id = ctx.heartbeat.job
+        spool.write(settings, job_id, [job_id, JobState.NODE_FAIL.value, "", "worker stop timeout reached before "
+                    "the job ended", settings.worker_name(ctx.index), ctx.runner.attempt], sync=True)
+        if ctx.runner.attempt:
+            procs.signal_group(int(ctx.runner.attempt.split(":")[1]), signal.SIGKILL)
+        _say("ERROR", f"WORKER_STOP_TIMEOUT ({settings.worker_stop_timeout} s) nearly reached: job {job_id} "
+             "killed and spooled as NODE_FAIL; leaving")
+    else:
+        _say("ERROR", f"WORKER_STOP_TIMEOUT ({settings.worker_stop_timeout} s) nearly reached while waiting for "
+             "Redis; leaving (spooled job ends are recorded when a worker of this node runs again)")
+    os._exit(0)

@@ -1,10 +1,17 @@
--- Record a job's end. ARGV: id, final state, exit code, reason, worker ('' = anyone).
+-- Record a job's end. ARGV: id, final state, exit code, reason, worker ('' = anyone),
+-- process-group field of the caller's attempt ('' = none).
 -- Returns 1 when this call settled the job, 2 when it requeued it (NODE_FAIL of a job submitted
--- with requeue), 0 when it had already ended (reaped, cancelled).
-local id, worker = ARGV[1], ARGV[5]
--- The caller has killed the job's process group: the host has nothing left to clean up.
+-- with requeue), 0 when it had already ended (reaped, cancelled) or belongs to another worker.
+local id, worker, attempt = ARGV[1], ARGV[5], ARGV[6]
 local node = redis.call('HGET', job_key(id), 'node')
-if node and node ~= '' then redis.call('HDEL', process_groups_key(node), id) end
+-- The caller has killed its own attempt's processes: only that attempt's entry goes, whoever
+-- owns the job now (another attempt's entry is never touched).
+if attempt and attempt ~= '' and node and node ~= '' then redis.call('HDEL', process_groups_key(node), attempt) end
+-- The caller is done with the job whatever happened to it meanwhile (reaped while it ran, then
+-- registered again as busy): its record must not keep saying it runs it.
+if worker ~= '' and redis.call('HGET', worker_key(worker), 'job') == tostring(id) then
+  redis.call('HSET', worker_key(worker), 'state', 'idle', 'job', '')
+end
 if worker ~= '' and redis.call('HGET', job_key(id), 'worker') ~= worker then return 0 end
 if ARGV[2] == 'NODE_FAIL' then return node_fail(id, ARGV[4]) end
 return settle(id, ARGV[2], ARGV[3], ARGV[4])

@@ -283,7 +283,9 @@ end
 -- A job whose worker died: back to PENDING once if it was submitted with requeue (as sbatch
 -- --requeue), else NODE_FAIL. Returns 2 when requeued, 1 when settled, 0 when it had ended.
 local function node_fail(id, reason)
-  local j = redis.call('HMGET', job_key(id), 'state', 'requeue', 'requeued', 'worker')
+  local j = redis.call('HMGET', job_key(id), 'state', 'requeue', 'requeued', 'worker', 'cancel_reason')
+  -- A cancel its worker could not act on any more is still the user's last word.
+  if j[1] == 'RUNNING' and j[5] then return settle(id, 'CANCELLED', '', j[5]) end
   if j[1] ~= 'RUNNING' then return settle(id, 'NODE_FAIL', '', reason) end
   if j[2] ~= '1' or tonumber(j[3] or 0) > 0 then return settle(id, 'NODE_FAIL', '', reason) end
   release(id)
@@ -295,4 +297,32 @@ local function node_fail(id, reason)
     redis.call('HSET', worker_key(j[4]), 'state', 'idle', 'job', '')
   end
   return 2
+end
+
+local function worker_processes_key(name) return NODE_PREFIX .. name .. ':worker-processes' end
+
+-- Whether reaping is held off: after an outage every worker gets a grace period to register again.
+local function in_grace()
+  local until_ = tonumber(redis.call('HGET', LIVENESS, 'grace_until') or 0)
+  return tonumber(now()) < until_
+end
+
+-- Hand placed-but-unclaimed jobs of ``node`` back to PENDING while it has more of them than
+-- worker slots (the newest give way first). Returns how many went back.
+local function hand_back(node)
+  local unclaimed = {}
+  for _, id in ipairs(redis.call('SMEMBERS', running_key(node))) do
+    if redis.call('HGET', job_key(id), 'worker') == '' then table.insert(unclaimed, tonumber(id)) end
+  end
+  table.sort(unclaimed, function(a, b) return a > b end)
+  local surplus = redis.call('SCARD', running_key(node)) - redis.call('SCARD', node_workers_key(node))
+  local count = 0
+  for i = 1, math.min(surplus, #unclaimed) do
+    local id = unclaimed[i]
+    release(id)
+    move_state(id, 'RUNNING', 'PENDING')
+    redis.call('HSET', job_key(id), 'node', '', 'cpu_ids', '', 'started_at', '')
+    count = count + 1
+  end
+  return count
 end

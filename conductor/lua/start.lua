@@ -11,6 +11,10 @@ redis.call('HSET', job_key(id), 'worker', worker)
 if redis.call('EXISTS', worker_key(worker)) == 1 then
   redis.call('HSET', worker_key(worker), 'state', 'busy', 'job', id)
 end
+-- A worker whose record expired (and may have been reaped) claims in its own name: it is listed
+-- again, so that if it dies before it re-registers, the reaper still finds it and the job.
+redis.call('SADD', WORKERS, worker)
+redis.call('SADD', node_workers_key(node), worker)
 local fields = redis.call('HGETALL', job_key(id))
 table.insert(fields, 1, 'run')
 return fields

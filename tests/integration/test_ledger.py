@@ -177,8 +177,10 @@ class Ledger:
         return int(scripts.run(self.c, "finish", job_id, state, code, "", worker))  # type: ignore[arg-type]
 
     def kill(self, worker: str) -> list[int]:
-        """The worker's record expires (SIGKILL, no heartbeat); someone reaps it."""
+        """The worker's record expires (SIGKILL, no heartbeat) and its process is gone (these records
+        name the test's own, live process); someone reaps it."""
         self.c.delete(keys.worker(worker))
+        self.c.hdel(keys.node_worker_processes(worker.rsplit("-", 1)[0]), worker)
         return registry.reap_dead(self.c)
 
     def job(self, job_id: int) -> dict[str, Any]:
@@ -771,8 +773,9 @@ class LedgerMachine(RuleBasedStateMachine):
         job_id = self.busy.pop(worker, None)
         ended = self.ledger.kill(worker)
         assert ended == ([] if job_id is None else [job_id])
-        if job_id is not None:
-            self.final[job_id] = "NODE_FAIL"
+        if job_id is not None:  # a cancel signalled to the dead worker is honoured by the reaper
+            cancelled = self.ledger.c.hexists(keys.job(job_id), "cancel_reason")
+            self.final[job_id] = "CANCELLED" if cancelled else "NODE_FAIL"
         if node not in self.live.values():
             assert self.ledger.c.scard(keys.node_running(node)) == 0
 
