@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conductor import keys, procs, registry, scripts
+from conductor import keys, placement, procs, registry, scripts
 from conductor.store import connect
 from support import Node, RedisServer, WorkerProcess, conductor, node_config, wait_until
 
@@ -33,6 +33,13 @@ def aof_redis(tmp_path):
     server = RedisServer(tmp_path / "aof-redis", appendonly=True).start()
     yield server
     server.stop()
+
+
+def submit_one(client) -> int:
+    from conductor import jobs
+    from conductor.jobs import JobSubmission
+
+    return jobs.submit(client, JobSubmission.model_validate({"job": {"name": "x"}, "script": "true\n"}))
 
 
 def cluster_beats(client, count: int) -> None:
@@ -136,8 +143,8 @@ def test_unregistering_hands_back_jobs_placed_on_the_slot(redis_server):
 
     resources.node_up(client, settings)
     registry.register(client, settings, 1)
-    job_id = scripts.run(client, "submit", "name", "x", "cpus", 1, "memory", 1 << 20, "script", "true")
-    assert scripts.run(client, "place", 16) == [str(job_id), "node-z"]
+    job_id = submit_one(client)
+    assert dict(placement.place(client, connect(redis_server.url, decode=False))) == {job_id: "node-z"}
     registry.unregister(client, settings, 1)
     assert client.hget(keys.job(job_id), "state") == "PENDING"
     assert client.hget(keys.node("node-z"), "allocated_cpus") == "0"
@@ -281,8 +288,8 @@ def test_a_worker_claiming_after_its_record_expired_is_still_reaped_if_it_dies(r
     resources.node_up(client, settings)
     registry.register(client, settings, 1)
     registry.register(client, settings, 2)
-    job_id = scripts.run(client, "submit", "name", "x", "cpus", 1, "memory", 1 << 20, "script", "true")
-    scripts.run(client, "place", 16)
+    job_id = submit_one(client)
+    assert placement.place(client, connect(redis_server.url, decode=False))
     client.delete("worker:node-y-1")
     client.hdel(keys.node_worker_processes("node-y"), "node-y-1")  # its process is gone too
     registry.reap_dead(client)  # reaped: unlisted
@@ -302,8 +309,8 @@ def test_a_reaped_worker_that_registers_again_does_not_show_busy_forever(redis_s
     settings = Settings(node_name="node-x", total_cpus=2, total_memory=1 << 30, redis_url=redis_server.url)
     resources.node_up(client, settings)
     registry.register(client, settings, 1)
-    job_id = scripts.run(client, "submit", "name", "x", "cpus", 1, "memory", 1 << 20, "script", "true")
-    scripts.run(client, "place", 16)
+    job_id = submit_one(client)
+    assert placement.place(client, connect(redis_server.url, decode=False))
     scripts.run(client, "start", job_id, "node-x-1", "node-x")
     client.delete("worker:node-x-1")
     client.hdel(keys.node_worker_processes("node-x"), "node-x-1")  # as seen from another host
