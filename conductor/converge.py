@@ -163,6 +163,8 @@ class Converger:
         changed = self.report.changed
         if self.as_root:
             changed += hostops.ensure_user(user, self.check)
+            if settings.job_user:  # jobs run as their own user, away from the services' files
+                changed += hostops.ensure_user(settings.job_user, self.check, comment="conductor jobs")
         changed += hostops.ensure_dir(settings.job_root, user, user, 0o750, self.check)
         if settings.log_file:
             changed += hostops.ensure_dir(settings.log_file.parent, user, user, 0o750, self.check)

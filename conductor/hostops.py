@@ -92,7 +92,7 @@ def _name(lookup, number: int) -> str:  # type: ignore[no-untyped-def]
         return str(number)
 
 
-def ensure_user(name: str, check: bool) -> list[str]:
+def ensure_user(name: str, check: bool, comment: str = "conductor workers") -> list[str]:
     """The system group and user ``name`` (no login, no home): what was (or would be) created."""
     done = []
     try:
@@ -107,7 +107,7 @@ def ensure_user(name: str, check: bool) -> list[str]:
         done.append(f"user {name}")
         if not check:
             _run(["useradd", "--system", "--gid", name, "--home-dir", "/nonexistent", "--no-create-home",
-                  "--shell", "/usr/sbin/nologin", "--comment", "conductor workers", name])
+                  "--shell", "/usr/sbin/nologin", "--comment", comment, name])
     return done
 
 

@@ -110,7 +110,11 @@ demo() {
     api="http://$(setting API_HOST):$(setting API_PORT)"
     # `conductor check` masks the token; read it where it is set (environment, then the file).
     token=${API_TOKEN:-$(sed -n 's/^API_TOKEN=//p' "$CONFIG")}
-    [[ -n $token ]] && auth=(-H "Authorization: Bearer $token")
+    # The header goes to curl in a file only root can read: on curl's command line it would show in `ps`.
+    if [[ -n $token ]]; then
+        (umask 077 && printf 'Authorization: Bearer %s\n' "$token" > "$RUN/api-auth-header")
+        auth=(-H "@$RUN/api-auth-header")
+    fi
     if [[ $(setting API_ENABLED) == true ]]; then
         wait_for_api "$api"
         echo "run-local: submitting the seed's four demonstration jobs through $api (4 CPUs, 8G, 10 s each)"

@@ -51,6 +51,17 @@ def test_apply_converges_and_a_second_run_changes_nothing(tmp_path, redis_server
         assert {name: pid for name, (_, pid) in supervisord.status().items()} == pids
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="only root creates users")
+def test_apply_creates_the_job_user_beside_the_service_user(tmp_path, redis_server):
+    """JOB_USER is created by the same apply that creates the service user (jobs then run as it)."""
+    name = f"cj{os.getpid() % 100000}"
+    with running(Supervisord(tmp_path / "node").start()) as supervisord:
+        config = node_config(tmp_path, redis_server, JOB_USER=name)
+        planned = apply(config, supervisord.directory, "--check")
+        assert f"group {name}" in planned["changed"] and f"user {name}" in planned["changed"]
+        assert subprocess.run(["id", name], capture_output=True).returncode != 0  # --check created nothing
+
+
 def test_scaling_starts_and_stops_only_the_changed_instances_and_a_setting_restarts(tmp_path, redis_server):
     with running(Supervisord(tmp_path / "node").start()) as supervisord:
         local = supervisord.directory
@@ -147,7 +158,8 @@ def test_make_run_then_stop():
     config = shared / "app.properties"
     config.write_text((ROOT / "app.properties").read_text()
                       .replace("6379", str(free_port())).replace("API_PORT=8000", f"API_PORT={free_port()}")
-                      .replace("NODE_NAME=kunpeng-compute-01", "NODE_NAME=make-run-test"))
+                      .replace("NODE_NAME=kunpeng-compute-01", "NODE_NAME=make-run-test")
+                      .replace("\nAPI_TOKEN=\n", "\nAPI_TOKEN=make-run-test-token\n"))
     config.chmod(0o644)
     run = ROOT / "run"
     if run.exists():
@@ -158,7 +170,9 @@ def test_make_run_then_stop():
                                 env=env, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "verify: all 4 workers of node make-run-test run and are registered" in result.stdout
-        assert result.stdout.count("COMPLETED") >= 4
+        assert result.stdout.count("COMPLETED") >= 4  # submitted through the API with the token
+        # The demo's curl reads the token from a root-only file, never from its command line.
+        assert (run / "api-auth-header").stat().st_mode & 0o077 == 0
         listed = conductor("workers", "--json", config=config).stdout
         users = {subprocess.run(["ps", "-o", "user=", "-p", str(w["pid"])], capture_output=True, text=True).stdout.strip()
                  for w in json.loads(listed)}

@@ -9,7 +9,9 @@ import pytest
 from conductor import jobs, keys
 from conductor.jobs import JobRejected, JobSubmission
 from support import conductor, wait_until
-from test_ledger import Ledger, clean_environment  # noqa: F401  (the autouse fixture applies here too)
+from test_ledger import Ledger
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture
