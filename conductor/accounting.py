@@ -18,7 +18,7 @@ from typing import Any
 from .units import format_memory
 
 FIELDS = ("JobID", "JobName", "Account", "Partition", "AllocCPUS", "ReqMem", "State", "ExitCode",
-          "Submit", "Start", "End", "Elapsed", "NodeList", "Worker")
+          "Submit", "Start", "End", "Elapsed", "NodeList", "MaxRSS", "Worker")
 
 
 def elapsed(seconds: float | None) -> str:
@@ -56,6 +56,8 @@ def record(job: dict[str, Any]) -> dict[str, Any]:
         "End": job["ended_at"],
         "Elapsed": elapsed((end - start).total_seconds() if start and end else None),
         "NodeList": job["node"],
+        # Peak memory where the job was contained (bytes), empty as in sacct where it was not measured.
+        "MaxRSS": "" if job.get("max_rss") is None else job["max_rss"],
         "Worker": job["worker"],
         "Reason": job["reason"],
     }

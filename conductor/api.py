@@ -154,6 +154,9 @@ class NodeView(BaseModel):
     drained_by: str | None = Field(default=None, description="who drained it (user@host, or api@client)")
     drained_at: str | None = Field(default=None, description="ISO 8601 UTC")
     partitions: list[str] = Field(default_factory=list, description="NODE_PARTITIONS; empty: every partition")
+    containment: Literal["none", "cgroup-v1", "cgroup-v2"] = Field(
+        default="none", description="how the node's jobs are held to their CPUs and memory")
+    oom_kills: int = Field(default=0, description="jobs of the node that ended OUT_OF_MEMORY")
 
 
 class DrainRequest(BaseModel):
@@ -166,16 +169,13 @@ class DrainRequest(BaseModel):
 class PartitionView(BaseModel):
     """One partition, as ``conductor partitions --json`` prints it."""
 
-    partition: str = Field(description='a partition name, or "*" for the nodes that serve every partition')
+    name: str = Field(description='a partition name, or "*" for the nodes that serve every partition')
     nodes: int
     node_names: list[str]
     states: dict[str, int] = Field(description="how many of its nodes are in each node state")
     allocated_cpus: int
-    idle_cpus: int = Field(description="CPUs free on its nodes in service")
+    free_cpus: int = Field(description="CPUs free on its nodes in service")
     total_cpus: int
-    containment: Literal["none", "cgroup-v1", "cgroup-v2"] = Field(
-        default="none", description="how the node's jobs are held to their CPUs and memory")
-    oom_kills: int = Field(default=0, description="jobs of the node that ended OUT_OF_MEMORY")
 
 
 class Cancelled(BaseModel):

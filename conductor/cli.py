@@ -375,8 +375,8 @@ def partitions_command(settings: Settings, as_json: bool) -> None:
     """Partitions with their nodes by state and CPUs allocated/idle/total (as sinfo -s)."""
     _emit(partitions_module.summary(connect(settings)), as_json, lambda rows: _table(
         ["PARTITION", "NODES", "STATES", "CPUS(A/I/T)", "NODELIST"],
-        [[p["partition"], p["nodes"], " ".join(f"{k.lower()}:{v}" for k, v in sorted(p["states"].items())),
-          f"{p['allocated_cpus']}/{p['idle_cpus']}/{p['total_cpus']}", ",".join(p["node_names"])] for p in rows]))
+        [[p["name"], p["nodes"], " ".join(f"{k.lower()}:{v}" for k, v in sorted(p["states"].items())),
+          f"{p['allocated_cpus']}/{p['free_cpus']}/{p['total_cpus']}", ",".join(p["node_names"])] for p in rows]))
 
 
 @main.command()

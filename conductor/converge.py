@@ -195,7 +195,7 @@ class Converger:
         for name, content in files.items():
             path = out / name
             changed[name] = not path.is_file() or path.read_text() != content
-            self.say(f"{'wrote' if changed[name] else 'unchanged'} {path}")
+            self.say(f"{('would write' if self.check else 'wrote') if changed[name] else 'unchanged'} {path}")
             if changed[name]:
                 self.report.changed.append(str(path))
         if not self.check:

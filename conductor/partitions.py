@@ -63,12 +63,12 @@ def summary(connection: Redis) -> list[dict[str, Any]]:
         usable = sum(n["total_cpus"] - n["allocated_cpus"] for n in members
                      if n["state"] not in OUT_OF_SERVICE and n["state"] != NodeState.DOWN)
         rows.append({
-            "partition": name,
+            "name": name,
             "nodes": len(members),
             "node_names": [n["name"] for n in members],
             "states": states,
             "allocated_cpus": allocated,
-            "idle_cpus": max(usable, 0),
+            "free_cpus": max(usable, 0),
             "total_cpus": total,
         })
     return rows

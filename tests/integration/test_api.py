@@ -417,8 +417,8 @@ def test_drain_and_resume_over_http(cluster) -> None:
         assert scraped[("conductor_node_state", (("node", NODE), ("state", "DRAINED")))] == 1
         assert scraped[("conductor_node_state", (("node", NODE), ("state", "IDLE")))] == 0
         rows = guarded.http.get("/api/v1/partitions").json()
-        assert [row["partition"] for row in rows] == ["*"]  # every node of this cluster serves every partition
-        assert NODE in rows[0]["node_names"] and rows[0]["states"]["DRAINED"] == 1 and rows[0]["idle_cpus"] == 0
+        assert [row["name"] for row in rows] == ["*"]  # every node of this cluster serves every partition
+        assert NODE in rows[0]["node_names"] and rows[0]["states"]["DRAINED"] == 1 and rows[0]["free_cpus"] == 0
     finally:
         resumed = guarded.http.post(f"/api/v1/nodes/{NODE}/resume")
     assert resumed.status_code == 200 and resumed.json()["reason"] is None

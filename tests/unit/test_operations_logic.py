@@ -78,7 +78,8 @@ JOB = {"id": 42, "name": "train", "account": "ml", "partition": "gpu", "state": 
 
 def test_accounting_line_uses_sacct_names() -> None:
     line = accounting.record(JOB)
-    assert list(line)[:14] == list(accounting.FIELDS)
+    assert list(line)[:len(accounting.FIELDS)] == list(accounting.FIELDS)
+    assert line["MaxRSS"] == "" and accounting.record({**JOB, "max_rss": 2048})["MaxRSS"] == 2048
     assert line["ExitCode"] == "0:9" and line["Elapsed"] == "1-01:02:03" and line["ReqMem"] == "8G"
     assert accounting.record({**JOB, "state": "FAILED", "exit_code": 3, "reason": "exit status 3"})["ExitCode"] == "3:0"
     assert accounting.record({**JOB, "started_at": None})["Elapsed"] == "00:00:00"
