@@ -22,6 +22,11 @@ BIN = Path(sys.executable).parent
 CONDUCTOR = str(BIN / "conductor")
 IS_ROOT = os.geteuid() == 0
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
+# Whether other users may pass through to the checkout: services started from it as another user
+# need that, and a clone in a 0700 home (root's, the commonest first run) does not give it.
+CHECKOUT_SHARED = all(directory.stat().st_mode & 0o001 for directory in (ROOT, *ROOT.parents))
+PRIVATE_CHECKOUT = ("the checkout is in a directory other users cannot enter (a clone in a 0700 home), so services "
+                    "running as another user cannot start from it (test_apply covers make run's refusal there)")
 
 
 def free_port() -> int:

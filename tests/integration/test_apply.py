@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT, ROOT, Supervisord, clean_env, conductor, free_port, node_config, running, wait_until
+from support import CHECKOUT_SHARED, IS_ROOT, PRIVATE_CHECKOUT, ROOT, Supervisord, clean_env, conductor, free_port, node_config, running, wait_until
 
 
 def apply(config: Path, local: Path, *options: str) -> dict[str, list[str]]:
@@ -151,6 +151,7 @@ def check_first_run_in(home: Path) -> None:
     assert not (clone / "supervisord.conf").exists()
 
 
+@pytest.mark.skipif(IS_ROOT and not CHECKOUT_SHARED, reason=PRIVATE_CHECKOUT)
 def test_make_run_then_stop():
     """`make run`'s script end to end on free ports: Redis, four workers, the API, the demonstration jobs."""
     shared = Path(tempfile.mkdtemp(prefix="make-run-"))  # the service user reads the configuration

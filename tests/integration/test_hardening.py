@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import CONDUCTOR, BIN, RedisServer, clean_env, free_port, require, running, wait_until, write_config
+from support import BIN, CHECKOUT_SHARED, CONDUCTOR, PRIVATE_CHECKOUT, RedisServer, clean_env, free_port, require, running, wait_until, write_config
 from test_api import Api
 
 SECRET = "Qu3ry-S3cret"
@@ -164,6 +164,7 @@ def _cmdline(proc: Path) -> bytes:
 
 @pytest.mark.reliability("security: JOB_USER under supervisord (worker unprivileged, jobs another user)")
 @pytest.mark.skipif(os.geteuid() != 0, reason="supervisord must run as root to start workers as SERVICE_USER")
+@pytest.mark.skipif(not CHECKOUT_SHARED, reason=PRIVATE_CHECKOUT)
 def test_under_supervisord_an_unprivileged_worker_runs_jobs_as_job_user(redis_server, tmp_path):
     """The rendered program starts the worker as SERVICE_USER (here `daemon`) with only CAP_SETUID,
     CAP_SETGID and CAP_KILL; its jobs run as JOB_USER (`nobody`) with none, and cannot read the
