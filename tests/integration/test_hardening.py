@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import BIN, CHECKOUT_SHARED, CONDUCTOR, PRIVATE_CHECKOUT, RedisServer, clean_env, free_port, require, running, wait_until, write_config
+from support import (BIN, CHECKOUT_SHARED, CONDUCTOR, PRIVATE_CHECKOUT, RedisServer, clean_env, free_port, require,
+                     running, wait_until, write_config)
 from test_api import Api
 
 SECRET = "Qu3ry-S3cret"
