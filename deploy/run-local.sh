@@ -16,17 +16,51 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUN=$ROOT/run
 BIN=$ROOT/.venv/bin
+PREFIX=$ROOT/.venv
 CONFIG=${CONDUCTOR_CONFIG:-$ROOT/app.properties}
-
-# Local overrides of paths that default to system locations; the environment outranks the file.
-export JOB_ROOT=$RUN/jobs
-export LOG_FILE=$RUN/log/workers.log
-export INSTALL_PREFIX=$ROOT/.venv
 if [[ $(id -u) -eq 0 ]]; then
     export SERVICE_USER=${SERVICE_USER:-conductor}
 else
     export SERVICE_USER=$(id -un)
 fi
+
+# Whether other users are kept out of the checkout: some directory on its path lets nobody else through.
+private_checkout() {
+    local directory=$ROOT
+    while :; do
+        (( 8#$(stat -c %a "$directory") & 1 )) || return 0
+        [[ $directory == / ]] && return 1
+        directory=$(dirname "$directory")
+    done
+}
+
+# Started by root from a checkout the service user cannot enter (a clone in root's 0700 home, the
+# commonest first run), the node runs from a copy the service user can read: the package in a
+# virtual environment of its own and the node's files, under /var/lib/conductor-local/<checkout>.
+# Root keeps using the checkout's own .venv for the commands it runs itself.
+LOCAL=""
+if [[ $(id -u) -eq 0 ]] && private_checkout; then
+    LOCAL=/var/lib/conductor-local/$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)
+    RUN=$LOCAL/run
+    PREFIX=$LOCAL/venv
+fi
+
+# The copy: the package installed from the checkout (again at each start, so edits are taken up)
+# and app.properties readable by the service user only (0640 root:SERVICE_USER), like /etc/conductor's.
+install_copy() {
+    echo "run-local: $ROOT is closed to $SERVICE_USER; running the node from a copy in $LOCAL" >&2
+    install -d -m 0755 /var/lib/conductor-local "$LOCAL"
+    [[ -x $PREFIX/bin/python ]] || /usr/bin/python3 -m venv "$PREFIX"
+    "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check "$ROOT[api]"
+    "$BIN/python" -c 'import sys; from conductor import hostops; hostops.ensure_user(sys.argv[1], False)' "$SERVICE_USER"
+    install -m 0640 -o root -g "$SERVICE_USER" "$CONFIG" "$LOCAL/app.properties"
+    CONFIG=$LOCAL/app.properties
+}
+
+# Local overrides of paths that default to system locations; the environment outranks the file.
+export JOB_ROOT=$RUN/jobs
+export LOG_FILE=$RUN/log/workers.log
+export INSTALL_PREFIX=$PREFIX
 
 setting() { "$BIN/conductor" check --config "$CONFIG" | sed -n "s/^$1=//p"; }
 ctl() { "$BIN/supervisorctl" -c "$RUN/supervisord.conf" "$@"; }
@@ -61,7 +95,7 @@ PY
         echo "run-local: Redis at $url does not answer and is not local; start it first" >&2
         exit 1
     fi
-    echo "run-local: starting redis-server on port $port (append-only file in run/log/redis-data)" >&2
+    echo "run-local: starting redis-server on port $port (append-only file in $RUN/log/redis-data)" >&2
     cat <<EOF
 
 [program:redis]
@@ -142,18 +176,19 @@ wait_for_api() {
         curl -sf "$1/healthz" >/dev/null 2>&1 && return
         sleep 0.2
     done
-    echo "run-local: the API at $1 does not answer; see run/log/" >&2
+    echo "run-local: the API at $1 does not answer; see $RUN/log/" >&2
     exit 1
 }
 
 case ${1:-start} in
 start)
     "$BIN/conductor" check --config "$CONFIG" >/dev/null
+    [[ -z $LOCAL ]] || install_copy
     apply --check >/dev/null  # the preflight: nothing is created or started when it fails
     running || write_supervisord_conf
     apply
     "$BIN/conductor" verify --local "$RUN" --config "$CONFIG" --timeout 30 || {
-        echo "run-local: see run/log/" >&2
+        echo "run-local: see $RUN/log/" >&2
         exit 1
     }
     ctl status
@@ -162,6 +197,7 @@ start)
     echo "The node keeps running: supervisorctl status | .venv/bin/conductor jobs | make stop to stop it."
     ;;
 reload)
+    [[ -z $LOCAL ]] || install_copy
     apply
     "$BIN/conductor" verify --local "$RUN" --config "$CONFIG" --timeout 30
     ctl status

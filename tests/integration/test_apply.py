@@ -117,38 +117,47 @@ def test_verify_names_what_is_wrong(tmp_path, redis_server):
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the service user differs from the caller only when make run runs as root")
-def test_make_run_as_root_from_a_0700_home_stops_before_anything_with_what_to_do():
+def test_make_run_as_root_from_a_0700_home_runs_the_node_from_a_copy():
     """Guards the most common first run: root clones into its 0700 home and types `make run`.
 
     The services run as the service user, which cannot enter that home; before, Redis failed
-    with "Permission denied" after things had started. Now nothing is created or started, and
-    the message says what to do.
+    with "Permission denied" after things had started. Now the node runs from a copy the service
+    user can read (the package and app.properties under /var/lib/conductor-local), and `make stop`
+    finds it again.
     """
     home = Path(tempfile.mkdtemp(prefix="home-"))  # mode 0700, in /tmp (which everyone may pass)
-    try:
-        check_first_run_in(home)
-    finally:
-        shutil.rmtree(home)
-
-
-def check_first_run_in(home: Path) -> None:
-    assert home.stat().st_mode & 0o777 == 0o700
     clone = home / "conductor"
-    clone.mkdir()
-    shutil.copytree(ROOT / "deploy", clone / "deploy")
+    assert home.stat().st_mode & 0o777 == 0o700
+    shutil.copytree(ROOT, clone, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", "run", "supervisord.conf", ".git", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
     os.symlink(ROOT / ".venv", clone / ".venv")
     config = clone / "app.properties"
     config.write_text((ROOT / "app.properties").read_text()
-                      .replace("6379", str(free_port())).replace("API_PORT=8000", f"API_PORT={free_port()}"))
+                      .replace("6379", str(free_port())).replace("API_PORT=8000", f"API_PORT={free_port()}")
+                      .replace("NODE_NAME=kunpeng-compute-01", "NODE_NAME=make-run-home"))
     env = clean_env()
     env.pop("SERVICE_USER", None)
-    result = subprocess.run([str(clone / "deploy" / "run-local.sh"), "start"], capture_output=True, text=True,
-                            env=env, timeout=120)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert f"cannot reach INSTALL_PREFIX {clone}/.venv/bin/conductor: {home} (mode 0700" in result.stderr
-    assert f"chmod o+x {home}" in result.stderr and "Nothing was started" in result.stderr
-    assert not (clone / "run").exists()
-    assert not (clone / "supervisord.conf").exists()
+    script = clone / "deploy" / "run-local.sh"
+    copy = None
+    try:
+        result = subprocess.run([str(script), "start"], capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        copy = Path(result.stderr.split("running the node from a copy in ", 1)[1].split()[0])
+        assert copy.parent == Path("/var/lib/conductor-local")
+        assert "verify: all 4 workers of node make-run-home run and are registered" in result.stdout
+        assert result.stdout.count("COMPLETED") >= 4
+        installed = copy / "app.properties"
+        assert installed.stat().st_mode & 0o777 == 0o640 and installed.group() == "conductor"
+        listed = json.loads(conductor("workers", "--json", config=installed).stdout)
+        assert {subprocess.run(["ps", "-o", "user=", "-p", str(w["pid"])], capture_output=True,
+                               text=True).stdout.strip() for w in listed} == {"conductor"}
+        assert not (clone / "run").exists()  # nothing of the node in the private home
+    finally:
+        stopped = subprocess.run([str(script), "stop"], capture_output=True, text=True, env=env, timeout=300)
+        shutil.rmtree(home)
+        if copy is not None:
+            shutil.rmtree(copy)
+    assert stopped.returncode == 0 and "stopping the workers" in stopped.stdout, stopped.stdout + stopped.stderr
 
 
 @pytest.mark.skipif(IS_ROOT and not CHECKOUT_SHARED, reason=PRIVATE_CHECKOUT)
