@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from support import Node, RedisServer, Supervisord, clear_settings_env, require
+from support import Node, RedisServer, Supervisord, clear_settings_env, kill_processes_under, require
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test left running from its own directory (a job script of a worker it killed,
+    a worker it did not stop) dies with the test: leftovers would load the machine for the rest of
+    the run and make later tests slow and flaky. Runs last, after every other fixture's clean-up."""
+    yield
+    kill_processes_under(tmp_path)
 
 
 @pytest.fixture

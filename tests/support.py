@@ -126,6 +126,23 @@ def clear_settings_env(monkeypatch: Any) -> None:
             monkeypatch.delenv(key)
 
 
+def kill_processes_under(directory: Path) -> list[int]:
+    """SIGKILL every process whose command line names ``directory`` (or a path below it); returns their PIDs."""
+    marker = str(directory).encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker not in (entry / "cmdline").read_bytes():
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):  # gone meanwhile, or not ours to read
+            continue
+        killed.append(int(entry.name))
+    return killed
+
+
 def clean_env() -> dict[str, str]:
     """The test process's environment without conductor keys that would override app.properties."""
     from conductor.config import Settings
