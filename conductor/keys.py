@@ -57,12 +57,6 @@ def array(array_job_id: int | str) -> str:
     return f"{ARRAY_PREFIX}{array_job_id}"
 
 
-def array_keys(array_job_id: int | str) -> tuple[str, ...]:
-    """Every key of the array ``array_job_id`` (:func:`array` and its suffixed companions), for retention."""
-    base = array(array_job_id)
-    return base, f"{base}:template", f"{base}:tasks", f"{base}:skip"
-
-
 def state(name: str) -> str:
     """Sorted set of the ids of jobs in state ``name`` (for listings and metrics without scans)."""
     return f"{STATE_PREFIX}{name}"

@@ -66,9 +66,7 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
             return []
     with connection.pipeline() as pipe:
         for job in expired:
-            # (an array's own keys go with its record; for other jobs they do not exist)
-            pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]), keys.job_dependents(job["id"]),
-                        *keys.array_keys(job["id"]))
+            pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]), keys.job_dependents(job["id"]))
             pipe.zrem(keys.JOBS, job["id"])
             pipe.zrem(keys.state(job["state"]), job["id"])
         # Reconciliation must not take an expired record for one Redis lost (see reconcile.reassert).

@@ -238,20 +238,6 @@ def test_retention_soak_keeps_redis_and_job_root_bounded_and_history_complete(ma
     assert len(submitted) == total
 
 
-def test_retention_removes_an_ended_arrays_own_keys(make_node, tmp_path: Path) -> None:
-    """An array's bookkeeping (its hash, template, task set, skipped indices) leaves Redis with its
-    record: months of arrays must not grow Redis without bound."""
-    node = make_node("node-a", WORKER_CONCURRENCY=2, JOB_RETENTION="1s", MAX_JOB_RECORDS=1)
-    node.start_workers(2)
-    client = node.redis.client()
-    release = tmp_path / "release"
-    array = int(conductor("submit", "--array=0-3%2", "-", config=node.config, input=blocking(release)).stdout)
-    wait_until(lambda: client.exists(keys.array(array), keys.array(array) + ":template") == 2, what="the array's keys")
-    release.touch()
-    wait_until(lambda: client.zcard(keys.JOBS) == 0, timeout=60, what="every record of the array to expire")
-    assert [key for key in client.scan_iter(match=keys.ARRAY_PREFIX + "*")] == []
-
-
 def test_retention_never_touches_pending_or_running_jobs(make_node, tmp_path: Path) -> None:
     """Retention looks only at final states: a RUNNING and a PENDING job outlive any retention."""
     from conductor import retention
