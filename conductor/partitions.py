@@ -1,7 +1,7 @@
 """Partitions: which nodes serve which partition, the sinfo-like summary, and PENDING reasons.
 
 A node lists its partitions in NODE_PARTITIONS; an empty list serves every partition, so a
-default node runs the seed's ``compute-high-mem`` jobs. Placement (place.lua) applies the same
+default node runs the demonstration's ``compute-high-mem`` jobs. Placement (place.lua) applies the same
 rule inside Redis; this module is its Python side for submission checks and listings.
 """
 

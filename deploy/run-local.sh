@@ -3,7 +3,7 @@
 #
 #   start   Redis (when REDIS_URL points at a local port where nothing answers: a redis-server
 #           with an append-only file under run/redis), then supervisord with the rendered
-#           conductor.conf, then the seed's four demonstration jobs with a live view.
+#           conductor.conf, then four demonstration jobs with a live view.
 #   reload  render again after app.properties changed and `supervisorctl update`: only the
 #           workers that were added or removed start or stop.
 #   status  supervisorctl status.
@@ -151,7 +151,7 @@ demo() {
     fi
     if [[ $(setting API_ENABLED) == true ]]; then
         wait_for_api "$api"
-        echo "run-local: submitting the seed's four demonstration jobs through $api (4 CPUs, 8G, 10 s each)"
+        echo "run-local: submitting four demonstration jobs through $api (4 CPUs, 8G, 10 s each)"
         for i in 1 2 3 4; do
             ids+=("$(curl -sS -X POST "$api/api/v1/jobs/submit" -H "Content-Type: application/json" \
                 "${auth[@]}" \
@@ -161,7 +161,7 @@ demo() {
                 "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')")
         done
     else
-        echo "run-local: submitting the seed's four demonstration jobs (4 CPUs, 8G, 10 s each)"
+        echo "run-local: submitting four demonstration jobs (4 CPUs, 8G, 10 s each)"
         for i in 1 2 3 4; do
             ids+=("$(printf '#!/bin/bash\necho "Job %s is running"\nsleep 10\n' "$i" |
                 "$BIN/conductor" submit --config "$CONFIG" --account test --name "concurrent-job-$i" \

@@ -156,7 +156,7 @@ def test_partitions_steer_jobs_and_unknown_partitions_are_refused(make_node) -> 
 
 
 def test_default_node_serves_every_partition(make_node) -> None:
-    """An empty NODE_PARTITIONS keeps the seed's compute-high-mem request working."""
+    """An empty NODE_PARTITIONS keeps the demonstration's compute-high-mem request working."""
     a = make_node("node-a")
     a.start_workers(1)
     job = a.submit("#!/bin/bash\necho hi\n", "-p", "compute-high-mem")
