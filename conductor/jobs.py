@@ -10,18 +10,35 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from redis import Redis
 
 from . import keys, scripts, workflow
 from .store import NotReplicated, confirm_replicated
-from .units import parse_memory, parse_time_limit
+from .units import MAX_BYTES, MAX_TIME_LIMIT_MINUTES, MEMORY_PATTERN, parse_memory, parse_time_limit
 
 MAX_SCRIPT_BYTES = 1 << 20
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")  # no C0/C1 controls, no line breaks
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")  # no C0/C1 controls, no line breaks
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NO_NUL = r"^[^\x00]*$"
+BLANK = r"\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # str.isspace()
+SCRIPT_PATTERN = rf"^[^\x00]*[^{BLANK}\x00][^\x00]*$"  # what JobSubmission._script accepts: not blank, no NUL
+
+# What the validators accept, in JSON Schema words. pydantic would describe the Python types
+# (memory_per_node: int), but clients send the seed's "8G" and sbatch's "1:30:00"; a schema
+# without these would make generated clients and schemathesis reject or mis-send them. Where a
+# validator checks with a regex, the schema quotes that very regex, so the two cannot drift.
+MemoryInput = Annotated[int, WithJsonSchema({"anyOf": [
+    {"type": "integer", "minimum": 0, "maximum": MAX_BYTES},
+    {"type": "string", "pattern": MEMORY_PATTERN},
+]})]
+TimeLimitInput = Annotated[float | None, WithJsonSchema({"anyOf": [
+    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIME_LIMIT_MINUTES},
+    {"type": "string", "description": "minutes, or [D-]HH:MM:SS, MM:SS, D-HH as sbatch --time"},
+    {"type": "null"},
+]})]
 
 
 class JobState(StrEnum):
@@ -55,16 +72,20 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    account: str = Field(default="default", min_length=1, max_length=128)
-    name: str = Field(default="job", min_length=1, max_length=256)
-    partition: str = Field(default="default", min_length=1, max_length=128)
+    account: str = Field(default="default", min_length=1, max_length=128,
+                         json_schema_extra={"pattern": PRINTABLE.pattern})
+    name: str = Field(default="job", min_length=1, max_length=256, json_schema_extra={"pattern": PRINTABLE.pattern})
+    partition: str = Field(default="default", min_length=1, max_length=128,
+                           json_schema_extra={"pattern": PRINTABLE.pattern})
     ntasks_per_node: int = Field(default=1, ge=1, le=4096)
     cpus_per_task: int = Field(default=1, ge=1, le=4096)
-    memory_per_node: int = Field(default=0, description="bytes; accepts 512M, 8G, ... (powers of 1024)")
-    time_limit: float | None = Field(
-        default=None, description="seconds; accepts minutes or [D-]HH:MM:SS, as sbatch --time"
-    )
-    environment: dict[str, str] = Field(default_factory=dict, max_length=256)
+    memory_per_node: MemoryInput = Field(default=0, description="bytes, or 512M, 8G, ... (powers of 1024, as Slurm)")
+    time_limit: TimeLimitInput = Field(
+        default=None, description="minutes (a number or a string), or [D-]HH:MM:SS; at most 366 days"
+    )  # stored as seconds
+    environment: dict[str, str] = Field(default_factory=dict, max_length=256, json_schema_extra={
+        "propertyNames": {"pattern": ENV_NAME.pattern}, "additionalProperties": {"type": "string", "pattern": NO_NUL},
+    })
     requeue: bool = Field(default=False, description="run again once if the worker dies (sbatch --requeue)")
     array: str | None = Field(
         default=None, max_length=4096,
@@ -79,7 +100,7 @@ class JobSpec(BaseModel):
     @field_validator("account", "name", "partition")
     @classmethod
     def _printable(cls, value: str) -> str:
-        if not _PRINTABLE.fullmatch(value):
+        if not PRINTABLE.fullmatch(value):
             raise ValueError("must not contain control characters such as newlines")
         return value
 
@@ -107,7 +128,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if not _ENV_NAME.fullmatch(name):
+            if not ENV_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
             if "\x00" in text:
                 raise ValueError(f"value of {name} contains a NUL byte")
@@ -124,7 +145,8 @@ class JobSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job: JobSpec
-    script: str = Field(max_length=MAX_SCRIPT_BYTES)
+    script: str = Field(max_length=MAX_SCRIPT_BYTES, json_schema_extra={"pattern": SCRIPT_PATTERN},
+                        description="the batch script, run with bash; not blank, at most 1 MiB")
 
     @field_validator("script")
     @classmethod

@@ -10,8 +10,10 @@ import re
 from decimal import Decimal
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+MEMORY_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*[KMGTPkmgtp]?([iI]?[bB])?\s*$"  # _MEMORY for JSON Schema (no flags)
 _MEMORY_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 MAX_BYTES = 1 << 53  # Lua in Redis counts in doubles: exact up to 2**53
+MAX_TIME_LIMIT_MINUTES = 366 * 24 * 60
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -62,7 +64,7 @@ def parse_time_limit(text: str | int | float) -> float:
             seconds = float(stripped) * 60
         except ValueError:
             seconds = _parse_clock(stripped)
-    if not seconds > 0 or seconds > 366 * 86400:
+    if not seconds > 0 or seconds > MAX_TIME_LIMIT_MINUTES * 60:
         raise ValueError(f"{text!r} must be more than 0 and at most 366 days")
     return seconds
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conductor.api import Guard
+from conductor.api.guards import Guard
 from conductor.redaction import has_password, redacted
 from support import CONDUCTOR, clean_env
 
