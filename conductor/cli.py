@@ -239,19 +239,32 @@ def jobs_command(settings: Settings, state: str | None, limit: int, as_json: boo
             raise Failure(str(error), 2) from None
     connection = connect(settings)
     found = partitions_module.annotate(connection, jobs.list_jobs(connection, JobState(state.upper()) if state else None, limit))
-    if format_ is not None and not as_json:
-        click.echo(squeue.render(format_, found))
-        return
-    if as_json or state not in (None, "PENDING", "pending"):
+    if as_json:
         _emit(found, as_json, _jobs_table)
         return
+    if state in (None, "PENDING", "pending"):
+        found = _array_remainders(connection, found) + found
+    if format_ is not None:
+        click.echo(squeue.render(format_, found))
+        return
+    _emit(found, as_json, _jobs_table)
+
+
+def _array_remainders(connection: Redis, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One PENDING row per array listed with a part not yet materialised, ``123_[5-999%16]`` as
+    squeue shows it (array job id and, as the task id, the indices in brackets), waiting with
+    reason JobArrayTaskLimit while its %N limit is reached, else for what its next task waits."""
     arrays = sorted({j["array_job_id"] for j in found if j.get("array_job_id")}, reverse=True)
     rest = jobs.array_remainders(connection, arrays)
+    at_limit = jobs.arrays_at_limit(connection, list(rest))
     template = {j["array_job_id"]: j for j in found if j.get("array_job_id")}
-    pending_parts = [{**template[a], "id": f"{a}_[{text}]", "array_job_id": None, "state": "PENDING",
-                      "node": None, "worker": None, "exit_code": None, "reason": None, "pending_reason": None}
-                     for a, text in rest.items()]
-    _emit(pending_parts + found, as_json, _jobs_table)
+    waiting = {j["array_job_id"]: j["pending_reason"] for j in found
+               if j.get("array_job_id") and j["state"] == "PENDING"}
+    return [{**template[a], "id": f"{a}_[{text}]", "array_job_id": a, "array_task_id": f"[{text}]",
+             "state": "PENDING", "node": None, "worker": None, "exit_code": None, "reason": None,
+             "pending_reason": "JobArrayTaskLimit" if a in at_limit else waiting.get(a),
+             "started_at": None, "ended_at": None}
+            for a, text in rest.items()]
 
 
 def _jobs_table(rows: list[dict[str, Any]]) -> str:

@@ -236,20 +236,29 @@ def submit(connection: Redis, submission: JobSubmission, max_array_size: int = 1
 
 
 def _check_dependency(connection: Redis, dependency: workflow.Dependency) -> None:
-    """Refuse a dependency on a job that does not exist (sbatch does too): it could never be met."""
+    """Refuse a dependency on a job that does not exist (sbatch does too): it could never be met.
+
+    An array exists while its own keys do, even after its first task's record (whose id it
+    shares) has expired; one task of it exists while its record does (or it is still to come).
+    """
     for condition in dependency.conditions:
         for job_id in condition.job_ids:
             if "_" in job_id:
                 array_id, _, index = job_id.partition("_")
-                spec = connection.hget(keys.array(array_id), "spec")
+                spec, task = connection.hmget(keys.array(array_id), ["spec", f"task:{index}"])
                 if spec is None:
-                    raise JobRejected("job.dependency", f"{job_id}: job {array_id} is not an array")
+                    found = connection.exists(keys.job(array_id))
+                    raise JobRejected("job.dependency", f"{job_id}: job {array_id} is not an array" if found
+                                      else f"{job_id}: no such array: {array_id}")
                 if int(index) not in workflow.parse_normalised_array(spec).indices():
                     raise JobRejected("job.dependency", f"{job_id}: array {array_id} has no task {index}")
+                if task is not None and not connection.exists(keys.job(task)):
+                    raise JobRejected("job.dependency", f"{job_id}: the task has ended and its record expired "
+                                      "(JOB_RETENTION)")
     ids = dependency.job_ids()
     with connection.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.exists(keys.job(job_id))
+            pipe.exists(keys.job(job_id), keys.array(job_id))
         found = pipe.execute()
     missing = [job_id for job_id, exists in zip(ids, found) if not exists]
     if missing:
@@ -308,6 +317,18 @@ def array_remainders(connection: Redis, array_job_ids: list[int]) -> dict[int, s
         if rest:
             found[array_id] = rest
     return found
+
+
+def arrays_at_limit(connection: Redis, array_job_ids: list[int]) -> set[int]:
+    """The arrays whose ``%N`` limit is reached (N tasks not yet ended): the rest of each waits
+    with squeue's reason ``JobArrayTaskLimit``."""
+    with connection.pipeline(transaction=False) as pipe:
+        for array_id in array_job_ids:
+            pipe.hget(keys.array(array_id), "limit")
+            pipe.zcard(keys.array(array_id) + ":tasks")
+        replies = pipe.execute()
+    return {array_id for array_id, limit, unended in zip(array_job_ids, replies[::2], replies[1::2])
+            if int(limit or 0) and unended >= int(limit)}
 
 
 def get(connection: Redis, job_id: int) -> dict[str, Any] | None:

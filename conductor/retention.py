@@ -7,6 +7,11 @@ cluster's maintenance (one worker at a time, under the same lease as the reaper)
 (:func:`remove_directories`), since JOB_ROOT is local to the node that ran them. A PENDING or
 RUNNING job is never touched: only ids found in a final state's index are considered, and a
 final state never changes.
+
+A job array's own keys (its cursor, template and counters, and the dependents waiting for the
+whole array) outlive its first task's record, which is the array's id: they go with the last
+record of the array once every task has ended, so no task still to be materialised is lost and
+months of arrays do not grow Redis.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from loguru import logger
 from redis import Redis
 
-from . import accounting, keys
+from . import accounting, keys, scripts
 from .config import Settings
 from .jobs import VIEW_FIELDS, JobState, view
 
@@ -64,17 +69,14 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
             logger.error("retention: cannot append to ACCOUNTING_FILE {} ({}); {} expired job records are "
                          "kept until it can be written", settings.accounting_file, error, len(expired))
             return []
-    with connection.pipeline() as pipe:
-        for job in expired:
-            pipe.delete(keys.job(job["id"]), keys.job_control(job["id"]), keys.job_dependents(job["id"]))
-            pipe.zrem(keys.JOBS, job["id"])
-            pipe.zrem(keys.state(job["state"]), job["id"])
-        # Reconciliation must not take an expired record for one Redis lost (see reconcile.reassert).
-        pipe.zadd(keys.EXPIRED_THROUGH, {"id": max(job["id"] for job in expired)}, gt=True)
-        pipe.execute()
-    logger.info("retention: removed {} ended job records (ids {}..{})", len(expired), expired[0]["id"],
-                expired[-1]["id"])
-    return [job["id"] for job in expired]
+    # One Lua step removes the records and, with the last record of an array, the array's own keys;
+    # it raises the watermark that keeps reconciliation from taking an expired record for a lost one.
+    expire_script = scripts.script(connection, "expire")
+    removed = [int(i) for i in expire_script(keys=[keys.EXPIRED_THROUGH], args=[job["id"] for job in expired])]
+    if not removed:
+        return []
+    logger.info("retention: removed {} ended job records (ids {}..{})", len(removed), removed[0], removed[-1])
+    return removed
 
 
 def remove_directories(connection: Redis, job_root: Path) -> list[int]:

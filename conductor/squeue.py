@@ -55,8 +55,21 @@ def _nodelist_reason(job: dict[str, Any]) -> str:
     return f"({_reason(job)})" if job["state"] == "PENDING" else (job["node"] or "")
 
 
+def _job_id(job: dict[str, Any]) -> Any:
+    """squeue's %i: an array task as ``<array job id>_<task index>``, other jobs (and the part of an
+    array not yet materialised, already spelled ``123_[5-999%16]``) by id."""
+    if job.get("array_job_id") is not None and job.get("array_task_id") is not None:
+        return f"{job['array_job_id']}_{job['array_task_id']}"
+    return job["id"]
+
+
+# %A is a job's own id; the part of an array not yet materialised (task id "[5-999%16]") has none
+# of its own and shows the array's, as squeue shows the record that holds it.
 FIELDS: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
-    "i": ("JOBID", lambda j: j["id"]),
+    "i": ("JOBID", _job_id),
+    "A": ("JOBID", lambda j: j["array_job_id"] if isinstance(j.get("array_task_id"), str) else j["id"]),
+    "F": ("ARRAY_JOB_ID", lambda j: j["id"] if j.get("array_job_id") is None else j["array_job_id"]),
+    "K": ("ARRAY_TASK_ID", lambda j: "N/A" if j.get("array_task_id") is None else j["array_task_id"]),
     "j": ("NAME", lambda j: j["name"]),
     "P": ("PARTITION", lambda j: j["partition"]),
     "a": ("ACCOUNT", lambda j: j["account"]),

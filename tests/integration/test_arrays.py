@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from conductor import jobs, keys
+from conductor import jobs, keys, retention
+from conductor.config import load_settings
 from conductor.jobs import JobRejected, JobSubmission
 from support import conductor, wait_until
 from test_ledger import Ledger
@@ -151,3 +152,105 @@ def test_cancel_from_the_cli_one_task_and_the_whole_array(make_node, tmp_path):
     assert f"{array}_[" not in conductor("jobs", config=node.config).stdout
     refused = conductor("cancel", f"{array}_500", config=node.config, check=False)
     assert refused.returncode != 0 and "does not exist" in refused.stderr
+
+
+# --- retention of arrays --------------------------------------------------------------------------
+
+
+def expire_everything(ledger: Ledger) -> None:
+    """Expire every ended record retention may remove (a retention shorter than a Redis second)."""
+    settings = load_settings(None, job_retention=0.001, max_job_records=1, accounting_file=None)
+    ended = sum(ledger.c.zcard(keys.state(s)) for s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"))
+    wait_until(lambda: len(retention.expire(ledger.c, settings)) >= ended or not ended
+               or not ledger.c.zcard(keys.JOBS), what="the ended records to expire")
+
+
+def array_keys(ledger: Ledger) -> list[str]:
+    return sorted(ledger.c.scan_iter(match=keys.ARRAY_PREFIX + "*"))
+
+
+def test_an_array_outlives_its_first_tasks_record_and_its_keys_go_with_its_last(ledger):
+    """The array's first task is its record (same id) and may expire while later tasks are still to
+    be materialised: every task still runs once, the collector waiting on the whole array (its
+    dependents are keyed by that id) is still released, and the array's keys go once every task
+    has ended and every record of it has expired."""
+    ledger.node("node-a", cpus=8, workers=1)
+    settings = load_settings(None, job_retention=3600, max_job_records=1, accounting_file=None)  # the cap alone
+    array = submit_array(ledger, "0-5%1")
+    body = {"job": {"dependency": f"afterok:{array}", "name": "collect"}, "script": "true\n"}
+    collector = jobs.submit(ledger.c, JobSubmission.model_validate(body))
+    seen: list[int] = []
+    while ledger.job(collector)["state"] == "PENDING":
+        placed = ledger.place()
+        assert placed, f"nothing placed after tasks {seen}: a task of the array or the collector was lost"
+        for job_id in placed:
+            if job_id == collector:
+                continue
+            seen.append(ledger.job(job_id)["array_task_id"])
+            ledger.finish(job_id)
+        retention.expire(ledger.c, settings)  # every ended record but the newest, at each step
+        if 2 <= len(seen) < 6:
+            assert not ledger.c.exists(keys.job(array))  # the first task's record went early...
+            assert ledger.c.exists(keys.array(array))  # ...the array stays
+            assert ledger.job(collector)["reason"] == "Dependency"
+            # and can still be named as a dependency and listed
+            later = {"job": {"dependency": f"afterany:{array}", "name": "later"}, "script": "true\n"}
+            seen_later = jobs.submit(ledger.c, JobSubmission.model_validate(later))
+            jobs.cancel(ledger.c, seen_later)
+    assert sorted(seen) == [0, 1, 2, 3, 4, 5]
+    assert ledger.job(collector)["state"] == "RUNNING"
+    ledger.finish(collector)
+    ledger.assert_consistent()
+    expire_everything(ledger)
+    assert ledger.c.zcard(keys.JOBS) == 0
+    assert array_keys(ledger) == []
+    assert list(ledger.c.scan_iter(match=keys.JOB_PREFIX + "*")) == []
+
+
+def test_a_cancelled_arrays_keys_go_once_its_materialised_tasks_expire(ledger):
+    """A whole-array cancel ends the part never materialised at once; the keys stay while any
+    task's record does (the array is still listed and named by them), then go."""
+    ledger.node("node-a", cpus=8, workers=2)
+    array = submit_array(ledger, "0-99%2")
+    assert jobs.cancel_array(ledger.c, array, 50) == ["cancelled"]  # skipped, never materialised
+    assert len(ledger.place()) == 2
+    assert jobs.cancel_array(ledger.c, array) == ["cancelled", "cancelled"]
+    assert array_keys(ledger) != []
+    expire_everything(ledger)
+    assert ledger.c.zcard(keys.JOBS) == 0
+    assert array_keys(ledger) == []
+
+
+def test_an_array_still_running_keeps_its_keys_whatever_retention_removes(ledger):
+    """Retention removes only ended records: with tasks left to run, the array's keys stay even
+    when every record that ended is gone."""
+    ledger.node("node-a", cpus=8, workers=1)
+    array = submit_array(ledger, "0-9")
+    ledger.finish(next(iter(ledger.place())))
+    expire_everything(ledger)
+    assert not ledger.c.exists(keys.job(array))
+    assert ledger.c.hget(keys.array(array), "spec") and ledger.c.exists(keys.array(array) + ":template")
+    assert jobs.array_remainders(ledger.c, [array]) == {array: "2-9"}
+    placed = ledger.place()
+    assert [ledger.job(j)["array_task_id"] for j in placed] == [1]
+
+
+def test_squeue_format_names_tasks_as_array_underscore_index_and_the_limit_as_the_reason(make_node, tmp_path):
+    """`conductor jobs --format` follows squeue: %i is <array>_<index> for a task and
+    <array>_[rest%N] for the part not yet materialised, which waits with reason JobArrayTaskLimit
+    while N tasks are unended; %F/%K are the array's id and the task's index, %A the task's own id."""
+    node = make_node(TOTAL_CPUS=4, WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    array = node.submit(f"#!/bin/bash\nwhile [ ! -e {tmp_path / 'go'} ]; do sleep 0.05; done\n", "--array=0-9%1")
+    node.wait_state(array, "RUNNING")
+    plain = node.submit(f"#!/bin/bash\nwhile [ ! -e {tmp_path / 'go'} ]; do sleep 0.05; done\n")
+    node.wait_state(plain, "RUNNING")
+    lines = conductor("jobs", "--format", "%i|%t|%r|%F|%K|%A", config=node.config).stdout.splitlines()
+    assert lines[0] == "JOBID|ST|REASON|ARRAY_JOB_ID|ARRAY_TASK_ID|JOBID"
+    assert sorted(lines[1:]) == sorted([
+        f"{array}_[1-9%1]|PD|JobArrayTaskLimit|{array}|[1-9%1]|{array}",
+        f"{plain}|R|None|{plain}|N/A|{plain}",
+        f"{array}_0|R|None|{array}|0|{array}",
+    ])
+    assert "JobArrayTaskLimit" in conductor("jobs", config=node.config).stdout
+    (tmp_path / "go").touch()
