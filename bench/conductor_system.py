@@ -18,7 +18,6 @@ from pathlib import Path
 
 from conductor import jobs, keys, placement
 from conductor.jobs import JobSpec, JobState, JobSubmission
-from conductor.store import connect
 
 from .infra import BIN, BenchError, clean_env, free_port, wait_until
 from .system import System
@@ -65,14 +64,16 @@ class ConductorSystem(System):
 
     def configure(self) -> None:
         self.config.write_text("".join(f"{key}={value}\n" for key, value in self.properties().items()))
-        subprocess.run([str(BIN / "conductor"), "render", "supervisord", "--config", str(self.config),
-                        "--out", str(self.supervisor.conf_d)],
-                       check=True, capture_output=True, env=clean_env(), timeout=60)
+        self.render(self.config, self.supervisor.conf_d)
+
+    @staticmethod
+    def render(config: Path, out: Path) -> None:
+        """``conductor render supervisord``: the node's programs exactly as an operator gets them."""
+        subprocess.run([str(BIN / "conductor"), "render", "supervisord", "--config", str(config),
+                        "--out", str(out)], check=True, capture_output=True, env=clean_env(), timeout=60)
 
     def start(self) -> None:
         super().start()
-        self.connection = connect(self.redis.url)
-        self.raw = connect(self.redis.url, decode=False)
         if self.api_port is not None:
             try:
                 wait_until(self._api_answers, 30, "conductor's HTTP API to answer", interval=0.05)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 from xmlrpc.client import ServerProxy
 
-from redis import Redis
+from redis import ConnectionPool, Redis
+from redis.connection import Connection
 from redis.exceptions import RedisError
 
 T = TypeVar("T")
@@ -36,6 +38,37 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, int
         return support.wait_until(predicate, timeout=timeout, interval=interval, what=what)
     except AssertionError as error:
         raise BenchError(str(error)) from None
+
+
+def counting_client(port: int, decode: bool = True) -> Redis:
+    """A client that counts, by name, every command it sends (``client.sent``, a Counter).
+
+    The benchmark's own commands (submitting is the system's cost, waiting for the jobs is not)
+    must be told apart from the system's in Redis's ``INFO commandstats``; counting them at the
+    source is exact, pipelines and transactions included.
+    """
+    sent: Counter[str] = Counter()
+
+    class Counting(Connection):
+        def send_command(self, *args: object, **kwargs: object) -> None:
+            sent[_name(args)] += 1
+            super().send_command(*args, **kwargs)
+
+        def pack_commands(self, commands: Iterable[tuple[object, ...]]) -> list[bytes]:
+            commands = list(commands)
+            sent.update(_name(args) for args in commands)
+            return super().pack_commands(commands)  # type: ignore[no-any-return]
+
+    pool = ConnectionPool(connection_class=Counting, host="127.0.0.1", port=port, decode_responses=decode)
+    client = Redis(connection_pool=pool)
+    client.sent = sent  # type: ignore[attr-defined]
+    return client
+
+
+def _name(args: tuple[object, ...]) -> str:
+    """commandstats' name of a command: lower case, ``config|get`` for a subcommand where Redis splits them."""
+    first = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+    return first.split()[0].lower()
 
 
 class RedisServer:
@@ -73,7 +106,8 @@ class RedisServer:
             return False
 
     def client(self, decode: bool = True) -> Redis:
-        return Redis(port=self.port, decode_responses=decode)
+        """A client of this server; it counts the commands it sends (see :func:`counting_client`)."""
+        return counting_client(self.port, decode)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -21,6 +21,10 @@ THROUGHPUT_TARGET = 1.5  # x rq worker-pool at the same N
 MAKESPAN_TARGET = 1.05  # actual / ideal
 P50_TARGET, P99_TARGET = 0.010, 0.050  # seconds
 PLACEMENT_GROWTH_LIMIT = 2.0  # cost at the largest backlog / cost at the smallest
+REDIS_COMMANDS_TARGET = 40  # Redis commands per trivial job, end to end
+REDIS_CPU_TARGET = 0.5  # x rq worker-pool's Redis CPU per job
+CLUSTER_FLAT_LIMIT = 1.25  # Redis CPU per job at the largest cluster / at one node
+BREAKDOWN_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,57 @@ def table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _per_job(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def redis_table(results: Results) -> str:
+    """Per system at the same N, each on a fresh Redis: commands, Redis CPU and the implied ceiling."""
+    costs = {k: s.redis_cost for k, s in results.systems.items() if s.redis_cost}
+    pool = costs.get("rq-worker-pool")
+    lines = ["| system | jobs | commands per job | Redis CPU per job | ceiling: jobs/s per Redis core "
+             "| Redis CPU vs rq worker-pool | failures |", "|---|---|---|---|---|---|---|"]
+    for key, cost in costs.items():
+        ratio = f"{cost.cpu_per_job / pool.cpu_per_job:.2f}x" if pool and pool.redis_cpu > 0 else "—"
+        lines.append(f"| {results.systems[key].label} | {cost.jobs} | {cost.commands_per_job:.1f} "
+                     f"| {1e6 * cost.cpu_per_job:.0f} µs | {_per_job(cost.ceiling, 0)} | {ratio} | {cost.failures} |")
+    return "\n".join(lines)
+
+
+def cluster_table(results: Results) -> str:
+    per_node = results.size.cluster_workers_per_node
+    lines = ["| nodes | workers | jobs | commands per job | Redis CPU per job | ceiling: jobs/s per Redis core "
+             "| jobs/s | failures |", "|---|---|---|---|---|---|---|---|"]
+    for nodes, cost in results.cluster:
+        lines.append(f"| {nodes} | {nodes * per_node} | {cost.jobs} | {cost.commands_per_job:.1f} "
+                     f"| {1e6 * cost.cpu_per_job:.0f} µs | {_per_job(cost.ceiling, 0)} "
+                     f"| {cost.jobs / cost.seconds:.0f} | {cost.failures} |")
+    return "\n".join(lines)
+
+
+def breakdown_table(results: Results) -> str:
+    """Which commands a job costs: calls and time inside each command per job, conductor's largest first."""
+    costs = {k: s.redis_cost for k, s in results.systems.items() if s.redis_cost}
+    mine = costs.get(CONDUCTOR)
+    if mine is None:
+        return "(not measured)"
+    names = sorted(set().union(*(cost.calls for cost in costs.values())),
+                   key=lambda name: (-mine.calls.get(name, 0), name))
+    labels = [results.systems[k].label for k in costs]
+    header = "| command | " + " | ".join(f"{label}: calls | {label}: µs" for label in labels) + " |"
+    lines = [header, "|---|" + "---|---|" * len(costs)]
+    for name in names[:BREAKDOWN_ROWS]:
+        cells = [f"{cost.calls.get(name, 0) / cost.jobs:.2f} | {cost.usec.get(name, 0) / cost.jobs:.1f}"
+                 for cost in costs.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rest = names[BREAKDOWN_ROWS:]
+    if rest:
+        cells = [f"{sum(cost.calls.get(n, 0) for n in rest) / cost.jobs:.2f} | "
+                 f"{sum(cost.usec.get(n, 0) for n in rest) / cost.jobs:.1f}" for cost in costs.values()]
+        lines.append(f"| {len(rest)} others | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def placement_table(results: Results) -> str:
     header = (f"| PENDING backlog | fill every free slot ({NODES * SLOTS} jobs): µs per job | of which Lua in Redis "
               "| one slot freed, one job placed: µs | of which Lua in Redis "
@@ -153,6 +208,32 @@ def targets(results: Results) -> list[str]:
                          + _verdict(p50 < P50_TARGET and p99 < P99_TARGET,
                                     f"p50 {_ms(p50)}, p99 {_ms(p99)}"))
     found += placement_targets(results)
+    found += redis_targets(results)
+    return found
+
+
+def redis_targets(results: Results) -> list[str]:
+    mine = results.systems[CONDUCTOR].redis_cost
+    pool = results.systems["rq-worker-pool"].redis_cost if "rq-worker-pool" in results.systems else None
+    found = []
+    if mine is not None:
+        found.append(f"Redis commands per job <= {REDIS_COMMANDS_TARGET}: " + _verdict(
+            mine.commands_per_job <= REDIS_COMMANDS_TARGET, f"{mine.commands_per_job:.1f}" + (
+                "" if mine.commands_per_job <= REDIS_COMMANDS_TARGET
+                else f", {mine.commands_per_job / REDIS_COMMANDS_TARGET:.2f}x the target")))
+    if mine is not None and pool is not None and pool.redis_cpu > 0:
+        ratio = mine.cpu_per_job / pool.cpu_per_job
+        found.append(f"Redis CPU per job <= {REDIS_CPU_TARGET}x rq worker-pool's: " + _verdict(
+            ratio <= REDIS_CPU_TARGET, f"{ratio:.2f}x ({1e6 * mine.cpu_per_job:.0f} µs against "
+                                       f"{1e6 * pool.cpu_per_job:.0f} µs; ceiling {_per_job(mine.ceiling, 0)} "
+                                       "jobs/s per Redis core)"))
+    if len(results.cluster) >= 2 and results.cluster[0][1].redis_cpu > 0:
+        (first, small), (last, large) = results.cluster[0], results.cluster[-1]
+        growth = large.cpu_per_job / small.cpu_per_job
+        found.append(f"Redis CPU per job flat from {first} to {last} nodes (<= {CLUSTER_FLAT_LIMIT}x): " + _verdict(
+            growth <= CLUSTER_FLAT_LIMIT, f"{growth:.2f}x ({1e6 * small.cpu_per_job:.0f} -> "
+                                          f"{1e6 * large.cpu_per_job:.0f} µs; commands "
+                                          f"{small.commands_per_job:.1f} -> {large.commands_per_job:.1f})"))
     return found
 
 
@@ -211,6 +292,17 @@ All systems log at WARNING.
 - **Restart**: SIGKILL one registered worker; time until a new process registers as an RQ
   worker (its `birth`). conductor and N x rq worker are restarted by supervisord, the pool and
   the seed parent restart their own children.
+- **Redis cost per job**: at N={redis_workers}, after the throughput run, on the same fresh Redis:
+  {redis_jobs} trivial jobs submitted back to back and drained, end to end (submit, placement,
+  claim, run, finish, and what the workers do meanwhile). Commands are the difference of
+  `INFO commandstats` before and after (commands a Lua script calls count, as Redis counts
+  them), less the commands the benchmark itself sent while waiting for the jobs (its clients
+  count what they send); Redis CPU is utime+stime of redis-server from `/proc/<pid>/stat`. The
+  ceiling is 1 / Redis CPU per job: the job rate one Redis core could serve at that cost.
+- **Cluster-shaped run**: for {cluster_nodes} nodes, a fresh Redis and supervisord with
+  {cluster_per_node} conductor worker(s) per node, each node its own NODE_NAME and app.properties
+  (rendered by `conductor render supervisord`), all on this machine; the same {redis_jobs}
+  trivial jobs drained and measured as above.
 - **Placement**: 50 fake nodes (conductor's `node_up` script, 4 worker slots each, 32 CPUs)
   and a backlog of PENDING one-CPU jobs stored with conductor's `submit` script; the real
   `placement.place` is timed, filling all 200 free slots, and in the steady state where one job
@@ -239,6 +331,19 @@ times better conductor did than that baseline in the same run (above 1: conducto
 ## Targets (issue 7)
 
 {"".join(f"- {line}{chr(10)}" for line in targets(results))}
+## Redis cost per job (N={results.size.redis_workers})
+
+{redis_table(results)}
+
+Cluster-shaped runs (conductor, {results.size.cluster_workers_per_node} worker(s) per node, one Redis):
+
+{cluster_table(results)}
+
+Where the commands go (per job; a Lua script's own calls count under their names, `evalsha`
+is the script call itself and its time includes theirs):
+
+{breakdown_table(results)}
+
 ## Placement cost as the backlog grows
 
 {placement_table(results)}
@@ -251,7 +356,9 @@ times better conductor did than that baseline in the same run (above 1: conducto
 
 ## Method
 
-{METHOD.format(job_cpu=_ms(results.job_cpu))}
+{METHOD.format(job_cpu=_ms(results.job_cpu), redis_workers=results.size.redis_workers,
+               redis_jobs=results.size.redis_jobs, cluster_per_node=results.size.cluster_workers_per_node,
+               cluster_nodes=", ".join(map(str, results.size.cluster_nodes)))}
 ## Notes
 
 {notes}"""

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import machine, scenarios
+from . import machine, redis_cost, scenarios
 from .baselines import BASELINES
 from .conductor_system import ConductorSystem
 from .placement_cost import PlacementCost, placement_costs
+from .redis_cost import RedisCost
 from .scenarios import Makespan, Restart, Throughput
 from .system import System
 
@@ -45,17 +46,23 @@ class Size:
     backlogs: tuple[int, ...]
     placement_passes: int
     placement_singles: int
+    redis_workers: int  # the N at which every system's Redis cost per job is measured
+    redis_jobs: int
+    cluster_nodes: tuple[int, ...]
+    cluster_workers_per_node: int
 
 
 FULL = Size(
     name="full", worker_counts=(2, 4), detail_workers=4, warmup_jobs=20, throughput_jobs=1000, throughput_runs=1,
     makespan_jobs=8, makespan_sleep=2.0, latency_samples=200, cli_samples=8, latency_period=0.05, restarts=3,
     restart_pause=0.2, backlogs=(1_000, 10_000, 100_000), placement_passes=5, placement_singles=30,
+    redis_workers=2, redis_jobs=1000, cluster_nodes=(1, 4, 16), cluster_workers_per_node=2,
 )
 QUICK = Size(
     name="quick", worker_counts=(2,), detail_workers=2, warmup_jobs=4, throughput_jobs=20, throughput_runs=1,
     makespan_jobs=4, makespan_sleep=0.5, latency_samples=5, cli_samples=1, latency_period=0.05, restarts=1,
     restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
+    redis_workers=2, redis_jobs=20, cluster_nodes=(1, 2), cluster_workers_per_node=1,
 )
 
 
@@ -67,6 +74,7 @@ class SystemResults:
     latency: dict[str, list[float]] = field(default_factory=dict)
     pss: float | None = None
     restart: list[Restart] = field(default_factory=list)
+    redis_cost: RedisCost | None = None
 
 
 @dataclass
@@ -75,6 +83,7 @@ class Results:
     machine: dict[str, str]
     systems: dict[str, SystemResults]
     placement: list[PlacementCost]
+    cluster: list[tuple[int, RedisCost]]  # (nodes, cost) of the cluster-shaped runs
     job_cpu: float  # CPU seconds of one `bash true.sh` on its own: part of every system's cost
     seconds: float
     notes: list[str]
@@ -150,9 +159,15 @@ def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
                 scenarios.warm_up(system, scripts.trivial, size.warmup_jobs)
                 found[cls.key].throughput[workers] = measure_throughput(system, scripts, size)
                 say(f"{cls.label}, N={workers}: {found[cls.key].throughput[workers].rate:.0f} jobs/s")
+                if workers == size.redis_workers:
+                    cost = found[cls.key].redis_cost = redis_cost.measure(system, scripts.trivial, size.redis_jobs)
+                    say(f"{cls.label}, N={workers}: {cost.commands_per_job:.1f} Redis commands and "
+                        f"{1e6 * cost.cpu_per_job:.0f} µs of Redis CPU per job")
                 if workers == size.detail_workers:
                     measure_details(system, found[cls.key], scripts, size, notes)
+    cluster = redis_cost.cluster_sizes(workdir, scripts.trivial, size.cluster_nodes, size.cluster_workers_per_node,
+                                       size.redis_jobs, size.warmup_jobs, say)
     say("placement cost over 50 fake nodes")
     placement = placement_costs(workdir / "placement", size.backlogs, size.placement_passes, size.placement_singles)
-    return Results(size, machine.describe(), found, placement, job_cpu(scripts.trivial),
+    return Results(size, machine.describe(), found, placement, cluster, job_cpu(scripts.trivial),
                    time.monotonic() - started, notes)
