@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
 
+from . import read_paths
 from .placement_cost import NODES, SLOTS
 from .run import Results
 from .scenarios import percentile
@@ -209,6 +210,8 @@ def targets(results: Results) -> list[str]:
                                     f"p50 {_ms(p50)}, p99 {_ms(p99)}"))
     found += placement_targets(results)
     found += redis_targets(results)
+    if results.reads is not None:
+        found += read_paths.targets(results.reads)
     return found
 
 
@@ -310,6 +313,28 @@ All systems log at WARNING.
   backlog of the same size of 33-CPU jobs that fit no node, a 100,000-task array of them and
   10,000 jobs held by a dependency, and one 1-CPU job submitted behind it all and placed (the
   head-of-line case); then the submit of a 10,000-task array (`jobs.submit`, one round trip). Redis's SLOWLOG gives the Lua script's own time.
+- **Read paths at cluster size**: tests/cluster_fixture.py writes a cluster into Redis with
+  conductor's own functions and scripts (`node_up`, `registry.register` with a long TTL, `submit`,
+  `record` for ended jobs, `placement.place` and `start` for running ones; one running job per
+  two workers, pending jobs asking a whole node). A large cluster and a small anchor are read
+  in alternation; see bench/read_paths.py.
+"""
+
+
+def read_paths_section(results: Results) -> str:
+    if results.reads is None:
+        return ""
+    reads = results.reads
+    return f"""## Read paths at cluster size
+
+{reads.large} (large, written into Redis in {reads.build_seconds:.0f} s) against {reads.small}
+(small), each in its own redis-server with its own `conductor api`, measured in alternation.
+`conductor workers` / `nodes` are the whole command, interpreter start-up included; the GETs are
+one request each on a kept-alive connection. Redis commands and server time are of one read
+(`INFO commandstats`).
+
+{read_paths.table(reads)}
+
 """
 
 
@@ -348,7 +373,7 @@ is the script call itself and its time includes theirs):
 
 {placement_table(results)}
 
-## Machine
+{read_paths_section(results)}## Machine
 
 | | |
 |---|---|

@@ -2,7 +2,8 @@
 
 For each N, the systems are measured one after the other, each on a fresh Redis and supervisord;
 the detailed scenarios (makespan, latency, memory, restart) run at the seed's N = 4. Placement
-cost needs no workers and runs last, on its own Redis.
+cost needs no workers and runs after them, on its own Redis; the read paths at cluster size run
+last, on two populated Redis servers with an API each (bench/read_paths.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .baselines import BASELINES
 from .conductor_system import ConductorSystem
 from .placement_cost import PlacementCost, placement_costs
 from .redis_cost import RedisCost
+from .read_paths import QUICK_LARGE, ReadPaths, Shape, cluster_fixture
+from .read_paths import measure as measure_read_paths
 from .scenarios import Makespan, Restart, Throughput
 from .system import System
 
@@ -50,6 +53,9 @@ class Size:
     redis_jobs: int
     cluster_nodes: tuple[int, ...]
     cluster_workers_per_node: int
+    read_cluster: Shape
+    read_samples_cli: int
+    read_samples_http: int
 
 
 FULL = Size(
@@ -57,12 +63,14 @@ FULL = Size(
     makespan_jobs=8, makespan_sleep=2.0, latency_samples=200, cli_samples=8, latency_period=0.05, restarts=3,
     restart_pause=0.2, backlogs=(1_000, 10_000, 100_000), placement_passes=5, placement_singles=30,
     redis_workers=2, redis_jobs=1000, cluster_nodes=(1, 4, 16), cluster_workers_per_node=2,
+    read_cluster=cluster_fixture.LARGE, read_samples_cli=20, read_samples_http=100,
 )
 QUICK = Size(
     name="quick", worker_counts=(2,), detail_workers=2, warmup_jobs=4, throughput_jobs=20, throughput_runs=1,
     makespan_jobs=4, makespan_sleep=0.5, latency_samples=5, cli_samples=1, latency_period=0.05, restarts=1,
     restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
     redis_workers=2, redis_jobs=20, cluster_nodes=(1, 2), cluster_workers_per_node=1,
+    read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5,
 )
 
 
@@ -87,6 +95,7 @@ class Results:
     job_cpu: float  # CPU seconds of one `bash true.sh` on its own: part of every system's cost
     seconds: float
     notes: list[str]
+    reads: ReadPaths | None = None
 
 
 @dataclass(frozen=True)
@@ -169,5 +178,8 @@ def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
                                        size.redis_jobs, size.warmup_jobs, say)
     say("placement cost over 50 fake nodes")
     placement = placement_costs(workdir / "placement", size.backlogs, size.placement_passes, size.placement_singles)
+    say(f"read paths at cluster size: {size.read_cluster}")
+    reads = measure_read_paths(workdir / "read-paths", size.read_cluster, size.read_samples_cli,
+                               size.read_samples_http, say)
     return Results(size, machine.describe(), found, placement, cluster, job_cpu(scripts.trivial),
-                   time.monotonic() - started, notes)
+                   time.monotonic() - started, notes, reads)

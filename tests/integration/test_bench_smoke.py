@@ -25,10 +25,13 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = (out / "BENCHMARKS.md").read_text()
     for section in ("## Results", "## Targets (issue 7)", "## Redis cost per job", "## Placement cost as the backlog grows",
-                    "## Machine", "## Method"):
+                    "## Read paths at cluster size", "## Machine", "## Method"):
         assert section in report
     for label in SYSTEMS:
         assert label in report
     assert "throughput" in report and "latency" in report and "redis-server" in report
     assert "commands per job" in report and "Cluster-shaped runs" in report and "| evalsha |" in report
+    for read in ("`conductor workers`", "`conductor nodes`", "`GET /api/v1/nodes`", "`GET /metrics`",
+                 "`GET /api/v1/jobs?limit=100`"):
+        assert read in report
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
