@@ -45,16 +45,13 @@ if [[ $(id -u) -eq 0 ]] && private_checkout; then
     PREFIX=$LOCAL/venv
 fi
 
-# The copy: the package installed from the checkout (again at each start, so edits are taken up)
-# and app.properties readable by the service user only (0640 root:SERVICE_USER), like /etc/conductor's.
+# The copy: the package installed from the checkout (again at each start, so edits are taken up);
+# prepare_node writes the node's app.properties beside it.
 install_copy() {
     echo "run-local: $ROOT is closed to $SERVICE_USER; running the node from a copy in $LOCAL" >&2
     install -d -m 0755 /var/lib/conductor-local "$LOCAL"
     [[ -x $PREFIX/bin/python ]] || /usr/bin/python3 -m venv "$PREFIX"
     "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check "$ROOT[api]"
-    "$BIN/python" -c 'import sys; from conductor import hostops; hostops.ensure_user(sys.argv[1], False)' "$SERVICE_USER"
-    install -m 0640 -o root -g "$SERVICE_USER" "$CONFIG" "$LOCAL/app.properties"
-    CONFIG=$LOCAL/app.properties
 }
 
 # Local overrides of paths that default to system locations; the environment outranks the file.
@@ -72,34 +69,28 @@ ctl() { "$BIN/supervisorctl" -c "$RUN/supervisord.conf" "$@"; }
 apply() { "$BIN/conductor" apply --mode supervisord --local "$RUN" --config "$CONFIG" "$@"; }
 running() { [[ -S $RUN/supervisor/supervisor.sock ]] && ctl pid >/dev/null 2>&1; }
 
-# A local Redis, when REDIS_URL points at a local port where nothing answers: a program of this
-# supervisord (first by priority), running as the service user, its append-only file under
-# run/log (the directory apply gives the service user). Prints the [program:redis] section.
+# The node's own app.properties (0640 root:SERVICE_USER, in the node directory) from the one the
+# user edits: with the password of the Redis this node starts and, run by root, JOB_USER=conductor-job
+# unless app.properties names one (conductor/localrun.py says why). Sets CONFIG to it and REDIS to
+# what Redis needs: "start PORT" (a program of this supervisord) or "use" (one that answers already).
+NODE_DIR=${LOCAL:-$RUN}
+SOURCE_CONFIG=$CONFIG
+REDIS=use
+prepare_node() {
+    REDIS=$("$BIN/python" -m conductor.localrun prepare --config "$SOURCE_CONFIG" --node "$NODE_DIR" --run "$RUN" \
+        --service-user "$SERVICE_USER")
+    CONFIG=$NODE_DIR/app.properties
+}
+
+# The local Redis when prepare_node says so: a program of this supervisord (first by priority),
+# running as the service user; everything, the password included, in its configuration file,
+# none of it on its command line. Prints the [program:redis] section.
 redis_program() {
-    local url host port
-    url=$(setting REDIS_URL)
-    if "$BIN/python" - "$url" <<'PY'
-import sys
-from redis import Redis
-try:
-    Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
-except Exception:
-    sys.exit(1)
-PY
-    then
-        echo "run-local: using the Redis that answers at $url" >&2
-        return
-    fi
-    read -r host port < <("$BIN/python" -c 'import sys; from urllib.parse import urlsplit; u=urlsplit(sys.argv[1]); print(u.hostname or "", u.port or 6379)' "$url")
-    if [[ $host != 127.0.0.1 && $host != localhost ]]; then
-        echo "run-local: Redis at $url does not answer and is not local; start it first" >&2
-        exit 1
-    fi
-    echo "run-local: starting redis-server on port $port (append-only file in $RUN/log/redis-data)" >&2
+    [[ $REDIS == start* ]] || return 0
     cat <<EOF
 
 [program:redis]
-command=$(command -v redis-server) --port $port --bind 127.0.0.1 --dir $RUN/log --appenddirname redis-data --appendonly yes --save ""
+command=$(command -v redis-server) $NODE_DIR/redis.conf
 priority=1
 $([[ $(id -u) -eq 0 ]] && echo "user=$SERVICE_USER")
 autorestart=true
@@ -184,6 +175,7 @@ case ${1:-start} in
 start)
     "$BIN/conductor" check --config "$CONFIG" >/dev/null
     [[ -z $LOCAL ]] || install_copy
+    prepare_node
     apply --check >/dev/null  # the preflight: nothing is created or started when it fails
     running || write_supervisord_conf
     apply
@@ -194,10 +186,11 @@ start)
     ctl status
     demo
     echo
-    echo "The node keeps running: supervisorctl status | .venv/bin/conductor jobs | make stop to stop it."
+    echo "The node keeps running: supervisorctl status | .venv/bin/conductor jobs --config $CONFIG | make stop to stop it."
     ;;
 reload)
     [[ -z $LOCAL ]] || install_copy
+    prepare_node
     apply
     "$BIN/conductor" verify --local "$RUN" --config "$CONFIG" --timeout 30
     ctl status

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import redis
+from conductor import keys
 from support import CHECKOUT_SHARED, IS_ROOT, PRIVATE_CHECKOUT, ROOT, Supervisord, clean_env, conductor, free_port, node_config, running, wait_until
 
 
@@ -160,6 +162,38 @@ def test_make_run_as_root_from_a_0700_home_runs_the_node_from_a_copy():
     assert stopped.returncode == 0 and "stopping the workers" in stopped.stdout, stopped.stdout + stopped.stderr
 
 
+def assert_redis_password_kept_from_jobs(source: Path, run: Path, node: Path) -> None:
+    """make run's Redis has a password, generated once and kept in files only root (the password)
+    and the service user (the node's app.properties, redis.conf) may read, never on a command line;
+    run by root, jobs run as conductor-job and can neither read those files nor use that Redis."""
+    secret = (run / "redis-password").read_text().strip()
+    assert len(secret) >= 32 and secret not in source.read_text()
+    assert (run / "redis-password").stat().st_mode & 0o077 == 0
+    for private in (node, run / "redis.conf"):
+        assert private.stat().st_mode & 0o777 in (0o640, 0o600) and secret in private.read_text()
+        if IS_ROOT:
+            assert (private.owner(), private.group()) == ("root", "conductor")
+    plain = next(line.split("=", 1)[1] for line in source.read_text().splitlines() if line.startswith("REDIS_URL="))
+    with pytest.raises(redis.AuthenticationError):  # without the password Redis refuses (NOAUTH)
+        redis.Redis.from_url(plain).ping()
+    argv = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
+    assert "redis-server" in argv and secret not in argv
+    if not IS_ROOT:
+        return
+    port = plain.rsplit(":", 1)[1].split("/")[0]
+    probe = (f"id -un\ncat {node} {run / 'redis.conf'} 2>&1 | head -c 300\n"
+             f"cat /proc/$PPID/environ 2>&1 | head -c 300\n"
+             f"redis-cli -p {port} SET stolen 1 2>&1\n")
+    job_id = conductor("submit", "--mem", "64M", "-", config=node, input=probe).stdout.strip()
+    client = redis.Redis.from_url(f"redis://:{secret}@127.0.0.1:{port}/0", decode_responses=True)
+    wait_until(lambda: client.hget(keys.job(job_id), "state") in ("COMPLETED", "FAILED"), timeout=60,
+               what="the probe job's end")
+    output = (run / "jobs" / job_id / f"slurm-{job_id}.out").read_text()
+    assert output.splitlines()[0] == "conductor-job", output
+    assert secret not in output and output.count("Permission denied") >= 2, output
+    assert "NOAUTH" in output and client.get("stolen") is None, output
+
+
 @pytest.mark.skipif(IS_ROOT and not CHECKOUT_SHARED, reason=PRIVATE_CHECKOUT)
 def test_make_run_then_stop():
     """`make run`'s script end to end on free ports: Redis, four workers, the API, the demonstration jobs."""
@@ -183,10 +217,12 @@ def test_make_run_then_stop():
         assert result.stdout.count("COMPLETED") >= 4  # submitted through the API with the token
         # The demo's curl reads the token from a root-only file, never from its command line.
         assert (run / "api-auth-header").stat().st_mode & 0o077 == 0
-        listed = conductor("workers", "--json", config=config).stdout
+        node = run / "app.properties"  # the node's own configuration: the checkout's plus the Redis password
+        listed = conductor("workers", "--json", config=node).stdout
         users = {subprocess.run(["ps", "-o", "user=", "-p", str(w["pid"])], capture_output=True, text=True).stdout.strip()
                  for w in json.loads(listed)}
         assert users == {"conductor" if IS_ROOT else os.environ.get("USER", "")}
+        assert_redis_password_kept_from_jobs(config, run, node)
     finally:
         subprocess.run([str(ROOT / "deploy" / "run-local.sh"), "stop"], env=env, timeout=300)
         shutil.rmtree(run, ignore_errors=True)
