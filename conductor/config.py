@@ -378,11 +378,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def queue_name(self) -> str:
-        """The RQ queue this node's workers listen on."""
-        return f"conductor-{self.node_name}"
-
-    @property
     def config_path(self) -> Path | None:
         """The app.properties file these settings were read from, if any."""
         return self._source

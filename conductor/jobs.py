@@ -306,7 +306,7 @@ def array_remainders(connection: Redis, array_job_ids: list[int]) -> dict[int, s
     with connection.pipeline(transaction=False) as pipe:
         for array_id in array_job_ids:
             pipe.hmget(keys.array(array_id), "spec", "run", "next", "cancelled")
-            pipe.smembers(keys.array(array_id) + ":skip")
+            pipe.smembers(keys.array_skip(array_id))
         replies = pipe.execute()
     found = {}
     for array_id, (spec, run, next_index, cancelled), skipped in zip(array_job_ids, replies[::2], replies[1::2]):
@@ -325,7 +325,7 @@ def arrays_at_limit(connection: Redis, array_job_ids: list[int]) -> set[int]:
     with connection.pipeline(transaction=False) as pipe:
         for array_id in array_job_ids:
             pipe.hget(keys.array(array_id), "limit")
-            pipe.zcard(keys.array(array_id) + ":tasks")
+            pipe.zcard(keys.array_tasks(array_id))
         replies = pipe.execute()
     return {array_id for array_id, limit, unended in zip(array_job_ids, replies[::2], replies[1::2])
             if int(limit or 0) and unended >= int(limit)}

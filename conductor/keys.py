@@ -2,7 +2,9 @@
 
 ``worker:<NODE>-<index>`` is the seed's own name for a worker record and stays as it is; RQ keeps
 its ``rq:`` keys; everything else lives under ``conductor:``. The Lua scripts receive these names
-from here (as KEYS or as prefixes) so that no other spelling exists.
+from here so that no other spelling exists: every upper-case string constant of this module is
+defined in each script under the same name (see :mod:`conductor.scripts`), and the prelude builds
+its key names from those prefixes and suffixes only.
 """
 
 PREFIX = "conductor:"
@@ -26,6 +28,21 @@ ACTIVE_NAME_PREFIX = PREFIX + "active-name:"
 ARRAY_PREFIX = PREFIX + "array:"
 WORKER_PREFIX = "worker:"
 
+# What follows a job's, node's or array's own key in the names of the keys that belong to it.
+JOB_CONTROL_SUFFIX = ":control"
+JOB_DEPENDENTS_SUFFIX = ":dependents"
+NODE_FREE_CPUS_SUFFIX = ":free-cpus"
+NODE_RUNNING_SUFFIX = ":running"
+NODE_PROCESS_GROUPS_SUFFIX = ":process-groups"
+NODE_WORKER_PROCESSES_SUFFIX = ":worker-processes"
+NODE_WORKERS_SUFFIX = ":workers"
+NODE_DRAIN_SUFFIX = ":drain"
+NODE_CLEANUP_SUFFIX = ":cleanup"
+NODE_REFUSED_RQ_JOBS_SUFFIX = ":refused-rq-jobs"
+ARRAY_TEMPLATE_SUFFIX = ":template"
+ARRAY_TASKS_SUFFIX = ":tasks"
+ARRAY_SKIP_SUFFIX = ":skip"
+
 
 def job(job_id: int | str) -> str:
     """Hash: the job's spec, state, placement and timestamps."""
@@ -34,13 +51,13 @@ def job(job_id: int | str) -> str:
 
 def job_control(job_id: int | str) -> str:
     """List a running job's worker blocks on: 'exit' from the job's process, 'cancel' from users."""
-    return f"{JOB_PREFIX}{job_id}:control"
+    return f"{JOB_PREFIX}{job_id}{JOB_CONTROL_SUFFIX}"
 
 
 def job_dependents(job_id: int | str) -> str:
     """Set of the ids of jobs whose ``--dependency`` names this job: re-evaluated in the same Lua
     transition as this job's start or end, so no crash in between can strand a dependent."""
-    return f"{JOB_PREFIX}{job_id}:dependents"
+    return f"{JOB_PREFIX}{job_id}{JOB_DEPENDENTS_SUFFIX}"
 
 
 def active_by_name(account: str, name: str) -> str:
@@ -55,6 +72,21 @@ def array(array_job_id: int | str) -> str:
     ``<key>:template`` holds the fields every task copies, ``<key>:tasks`` the ids of its tasks not
     yet ended, ``<key>:skip`` the indices cancelled before they were materialised."""
     return f"{ARRAY_PREFIX}{array_job_id}"
+
+
+def array_template(array_job_id: int | str) -> str:
+    """Hash: the fields every task of the array copies into its own record."""
+    return f"{array(array_job_id)}{ARRAY_TEMPLATE_SUFFIX}"
+
+
+def array_tasks(array_job_id: int | str) -> str:
+    """Sorted set (score = id) of the array's materialised tasks not yet ended."""
+    return f"{array(array_job_id)}{ARRAY_TASKS_SUFFIX}"
+
+
+def array_skip(array_job_id: int | str) -> str:
+    """Set of the array's indices cancelled before they were materialised."""
+    return f"{array(array_job_id)}{ARRAY_SKIP_SUFFIX}"
 
 
 def state(name: str) -> str:
@@ -80,12 +112,12 @@ def node(name: str) -> str:
 
 def node_free_cpus(name: str) -> str:
     """Sorted set of the node's unallocated CPU ids, so allocations hand out concrete CPUs."""
-    return f"{NODE_PREFIX}{name}:free-cpus"
+    return f"{NODE_PREFIX}{name}{NODE_FREE_CPUS_SUFFIX}"
 
 
 def node_running(name: str) -> str:
     """Set of the ids of jobs holding resources on the node."""
-    return f"{NODE_PREFIX}{name}:running"
+    return f"{NODE_PREFIX}{name}{NODE_RUNNING_SUFFIX}"
 
 
 def node_process_groups(name: str) -> str:
@@ -95,18 +127,18 @@ def node_process_groups(name: str) -> str:
     Killing what a dead worker left behind is a duty of its own host, while settling its job
     may happen anywhere: this is how the host finds the processes after the job has been settled.
     """
-    return f"{NODE_PREFIX}{name}:process-groups"
+    return f"{NODE_PREFIX}{name}{NODE_PROCESS_GROUPS_SUFFIX}"
 
 
 def node_worker_processes(name: str) -> str:
     """Hash worker name -> "host boot pid start-ticks": outlives the expiring record, so that a
     reaper on the worker's own host can see that its process is still there and leave it alone."""
-    return f"{NODE_PREFIX}{name}:worker-processes"
+    return f"{NODE_PREFIX}{name}{NODE_WORKER_PROCESSES_SUFFIX}"
 
 
 def node_workers(name: str) -> str:
     """Set of the node's registered worker names: its worker slots."""
-    return f"{NODE_PREFIX}{name}:workers"
+    return f"{NODE_PREFIX}{name}{NODE_WORKERS_SUFFIX}"
 
 
 def worker(name: str) -> str:
@@ -127,12 +159,12 @@ def rq_worker_name(worker_name: str) -> str:
 def node_drain(name: str) -> str:
     """Hash reason/by/at while the node is drained: no expiry, so a drain outlives worker and
     Redis restarts (with Redis persistence) until ``conductor resume``."""
-    return f"{NODE_PREFIX}{name}:drain"
+    return f"{NODE_PREFIX}{name}{NODE_DRAIN_SUFFIX}"
 
 
 def node_cleanup(name: str) -> str:
     """Short lease: one worker of the node at a time removes job directories whose record expired."""
-    return f"{NODE_PREFIX}{name}:cleanup"
+    return f"{NODE_PREFIX}{name}{NODE_CLEANUP_SUFFIX}"
 
 
 RECONCILIATIONS = PREFIX + "reconciliations"  # hash kind -> count of repairs after lost writes
@@ -143,4 +175,4 @@ EXPIRED_THROUGH = PREFIX + "expired-through"  # sorted set, one member: the high
 
 def node_refused_rq_jobs(name: str) -> str:
     """Counter of RQ jobs a node's workers refused: they named something other than conductor's job function."""
-    return f"{NODE_PREFIX}{name}:refused-rq-jobs"
+    return f"{NODE_PREFIX}{name}{NODE_REFUSED_RQ_JOBS_SUFFIX}"

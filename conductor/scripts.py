@@ -1,12 +1,14 @@
 """The Lua scripts that change jobs and ledgers, each run atomically inside Redis.
 
 Every state transition that touches resources is one script, so many submitters, workers and
-reapers at once can never over-allocate a node or release a job's CPUs twice. The key prefixes
-are injected from :mod:`conductor.keys`, the only place that spells them.
+reapers at once can never over-allocate a node or release a job's CPUs twice. The key names
+(prefixes and suffixes) are injected from :mod:`conductor.keys`, the only place that spells them:
+a script refers to them by the constants' names.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib.resources import files
 
@@ -16,16 +18,29 @@ from redis.commands.core import Script
 from . import keys
 
 
+LUA_NAME = re.compile(r"^[A-Za-z0-9_.:-]*$")  # what a key name may be spelled with: no quoting needed in Lua
+
+
+def key_names() -> dict[str, str]:
+    """Every upper-case string constant of :mod:`conductor.keys`: the names each script is given."""
+    names = {name: value for name, value in vars(keys).items() if name.isupper() and isinstance(value, str)}
+    for name, value in names.items():
+        if not LUA_NAME.fullmatch(value):
+            raise ValueError(f"keys.{name} = {value!r}: a Redis name given to the Lua scripts may hold only "
+                             "letters, digits and . _ : -")
+    return names
+
+
+@cache
+def prelude() -> str:
+    """The text every script starts with: the key names from :mod:`conductor.keys`, then ``lua/prelude.lua``."""
+    constants = "\n".join(f"local {name} = '{value}'" for name, value in sorted(key_names().items()))
+    return "\n".join([constants, (files("conductor") / "lua" / "prelude.lua").read_text()])
+
+
 @cache
 def _source(name: str) -> str:
-    constants = "\n".join(
-        f"local {constant} = {getattr(keys, constant)!r}"
-        for constant in ("NEXT_JOB_ID", "JOBS", "NODES", "WORKERS", "JOB_PREFIX", "STATE_PREFIX",
-                         "NODE_PREFIX", "WORKER_PREFIX", "PENDING_CLASSES", "PENDING_CLASS_PREFIX",
-                         "ACTIVE_NAME_PREFIX", "RECONCILIATIONS", "ARRAY_PREFIX", "LIVENESS")
-    )
-    lua = files("conductor") / "lua"
-    return "\n".join([constants, (lua / "prelude.lua").read_text(), (lua / f"{name}.lua").read_text()])
+    return "\n".join([prelude(), (files("conductor") / "lua" / f"{name}.lua").read_text()])
 
 
 def script(connection: Redis, name: str) -> Script:

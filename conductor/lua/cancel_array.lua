@@ -9,21 +9,21 @@ local index = ARGV[2]
 if index ~= '' then
   local task = redis.call('HGET', key, 'task:' .. index)
   if task then return {'tasks', task} end
-  if redis.call('SISMEMBER', key .. ':skip', index) == 1 or redis.call('HGET', key, 'cancelled') == '1' then
+  if redis.call('SISMEMBER', key .. ARRAY_SKIP_SUFFIX, index) == 1 or redis.call('HGET', key, 'cancelled') == '1' then
     return {'final'}
   end
-  redis.call('SADD', key .. ':skip', index)
+  redis.call('SADD', key .. ARRAY_SKIP_SUFFIX, index)
   for _, field in ipairs({'ended', 'bad', 'begun'}) do redis.call('HINCRBY', key, field, 1) end
   notify_dependents(ARGV[1], array_done(key))
   return {'skipped'}
 end
 if redis.call('HGET', key, 'cancelled') ~= '1' then
   local a = redis.call('HMGET', key, 'count', 'materialized')
-  local left = tonumber(a[1]) - tonumber(a[2]) - redis.call('SCARD', key .. ':skip')
+  local left = tonumber(a[1]) - tonumber(a[2]) - redis.call('SCARD', key .. ARRAY_SKIP_SUFFIX)
   redis.call('HSET', key, 'cancelled', 1)
   for _, field in ipairs({'ended', 'bad', 'begun'}) do redis.call('HINCRBY', key, field, left) end
   notify_dependents(ARGV[1], array_done(key))
 end
-local reply = redis.call('ZRANGE', key .. ':tasks', 0, -1)
+local reply = redis.call('ZRANGE', key .. ARRAY_TASKS_SUFFIX, 0, -1)
 table.insert(reply, 1, 'tasks')
 return reply

@@ -26,7 +26,8 @@ for array_id in pairs(arrays) do
   local key = array_key(array_id)
   local a = redis.call('HMGET', key, 'expired', 'materialized')
   if array_done(key) and tonumber(a[1] or 0) >= tonumber(a[2] or 0) then
-    redis.call('DEL', key, key .. ':template', key .. ':tasks', key .. ':skip', dependents_key(array_id))
+    redis.call('DEL', key, key .. ARRAY_TEMPLATE_SUFFIX, key .. ARRAY_TASKS_SUFFIX, key .. ARRAY_SKIP_SUFFIX,
+                dependents_key(array_id))
   end
 end
 if #removed > 0 then

@@ -1,4 +1,4 @@
--- Shared by every conductor script; the key prefixes above come from conductor/keys.py.
+-- Shared by every conductor script; the key prefixes and suffixes above come from conductor/keys.py.
 
 local function now()
   local t = redis.call('TIME')
@@ -6,15 +6,15 @@ local function now()
 end
 
 local function job_key(id) return JOB_PREFIX .. id end
-local function control_key(id) return JOB_PREFIX .. id .. ':control' end
+local function control_key(id) return JOB_PREFIX .. id .. JOB_CONTROL_SUFFIX end
 local function state_key(name) return STATE_PREFIX .. name end
 local function node_key(name) return NODE_PREFIX .. name end
-local function free_cpus_key(name) return NODE_PREFIX .. name .. ':free-cpus' end
-local function running_key(name) return NODE_PREFIX .. name .. ':running' end
-local function node_workers_key(name) return NODE_PREFIX .. name .. ':workers' end
-local function process_groups_key(name) return NODE_PREFIX .. name .. ':process-groups' end
+local function free_cpus_key(name) return NODE_PREFIX .. name .. NODE_FREE_CPUS_SUFFIX end
+local function running_key(name) return NODE_PREFIX .. name .. NODE_RUNNING_SUFFIX end
+local function node_workers_key(name) return NODE_PREFIX .. name .. NODE_WORKERS_SUFFIX end
+local function process_groups_key(name) return NODE_PREFIX .. name .. NODE_PROCESS_GROUPS_SUFFIX end
 local function worker_key(name) return WORKER_PREFIX .. name end
-local function node_drain_key(name) return NODE_PREFIX .. name .. ':drain' end
+local function node_drain_key(name) return NODE_PREFIX .. name .. NODE_DRAIN_SUFFIX end
 
 -- The per-resource-class index of placeable PENDING jobs (see keys.pending_class); kept in step
 -- with state:PENDING by move_state and submit, so placement never scans the backlog.
@@ -40,7 +40,7 @@ local function pending_remove(id)
 end
 
 -- Dependencies (--dependency, normalised by conductor/workflow.py): 'yes', 'no' (not yet) or 'never'.
-local function dependents_key(id) return JOB_PREFIX .. id .. ':dependents' end
+local function dependents_key(id) return JOB_PREFIX .. id .. JOB_DEPENDENTS_SUFFIX end
 local function active_name_key(account, name)
   return ACTIVE_NAME_PREFIX .. string.len(account) .. ':' .. account .. ':' .. name
 end
@@ -66,7 +66,7 @@ local function after_met(kind, parent)
     local task = redis.call('HGET', key, 'task:' .. index)
     if task then
       state = redis.call('HGET', job_key(task), 'state')
-    elseif redis.call('SISMEMBER', key .. ':skip', index) == 1 or redis.call('HGET', key, 'cancelled') == '1' then
+    elseif redis.call('SISMEMBER', key .. ARRAY_SKIP_SUFFIX, index) == 1 or redis.call('HGET', key, 'cancelled') == '1' then
       state = 'CANCELLED'
     elseif redis.call('EXISTS', key) == 1 then
       state = 'PENDING'
@@ -175,7 +175,7 @@ local function next_task_index(key)
       value = runs[run] and runs[run][1] or 0
     end
     redis.call('HSET', key, 'run', run, 'next', value)
-    if redis.call('SISMEMBER', key .. ':skip', index) == 0 then return index end
+    if redis.call('SISMEMBER', key .. ARRAY_SKIP_SUFFIX, index) == 0 then return index end
   end
   return nil
 end
@@ -188,15 +188,15 @@ local function array_fill(array_id)
   if a[2] == '1' then return end
   local limit = tonumber(a[1] or 0)
   while tonumber(redis.call('HGET', key, 'pending') or 0) < 1
-      and (limit == 0 or redis.call('ZCARD', key .. ':tasks') < limit) do
+      and (limit == 0 or redis.call('ZCARD', key .. ARRAY_TASKS_SUFFIX) < limit) do
     local index = next_task_index(key)
     if not index then return end
     local id = redis.call('INCR', NEXT_JOB_ID)
-    redis.call('HSET', job_key(id), unpack(redis.call('HGETALL', key .. ':template')))
+    redis.call('HSET', job_key(id), unpack(redis.call('HGETALL', key .. ARRAY_TEMPLATE_SUFFIX)))
     redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), 'array_task_id', index)
     redis.call('ZADD', JOBS, id, id)
     redis.call('ZADD', state_key('PENDING'), id, id)
-    redis.call('ZADD', key .. ':tasks', id, id)
+    redis.call('ZADD', key .. ARRAY_TASKS_SUFFIX, id, id)
     redis.call('HSET', key, 'task:' .. index, id)
     redis.call('HINCRBY', key, 'pending', 1)
     redis.call('HINCRBY', key, 'materialized', 1)
@@ -236,7 +236,7 @@ local function move_state(id, from, to)
     end
     if to == 'PENDING' then redis.call('HINCRBY', key, 'pending', 1) end
     if final then
-      redis.call('ZREM', key .. ':tasks', id)
+      redis.call('ZREM', key .. ARRAY_TASKS_SUFFIX, id)
       redis.call('HINCRBY', key, 'ended', 1)
       if to ~= 'COMPLETED' then redis.call('HINCRBY', key, 'bad', 1) end
     end
@@ -299,7 +299,7 @@ local function node_fail(id, reason)
   return 2
 end
 
-local function worker_processes_key(name) return NODE_PREFIX .. name .. ':worker-processes' end
+local function worker_processes_key(name) return NODE_PREFIX .. name .. NODE_WORKER_PROCESSES_SUFFIX end
 
 -- Whether reaping is held off: after an outage every worker gets a grace period to register again.
 local function in_grace()

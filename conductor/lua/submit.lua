@@ -12,14 +12,14 @@ if j[4] and j[4] ~= '' then
   local key = array_key(id)
   local spec, limit = j[4], string.match(j[4], '%%(%d+)$') or '0'
   local first = tonumber(string.match(spec, '^(%d+)'))
-  redis.call('HSET', key .. ':template', unpack(ARGV))
-  redis.call('HSET', key .. ':template', 'array_job_id', id)
+  redis.call('HSET', key .. ARRAY_TEMPLATE_SUFFIX, unpack(ARGV))
+  redis.call('HSET', key .. ARRAY_TEMPLATE_SUFFIX, 'array_job_id', id)
   redis.call('HSET', key, 'spec', spec, 'limit', limit, 'run', 1, 'next', first, 'pending', 1,
     'materialized', 1, 'ended', 0, 'bad', 0, 'begun', 0, 'count', redis.call('HGET', job_key(id), 'array_task_count'))
   next_task_index(key)
   redis.call('HSET', job_key(id), 'array_job_id', id, 'array_task_id', first)
   redis.call('HSET', key, 'task:' .. first, id)
-  redis.call('ZADD', key .. ':tasks', id, id)
+  redis.call('ZADD', key .. ARRAY_TASKS_SUFFIX, id, id)
 end
 if j[3] and j[3] ~= '' then
   register_dependents(id, j[3], active)
