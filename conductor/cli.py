@@ -14,20 +14,25 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
-from redis import Redis
 
-from . import cgroups, jobs, keys, placement, registry, render, resources, worker
-from . import accounting, nodestate, retention, squeue
+from . import cgroups, jobs, keys, render, resources
+from . import accounting, nodestate, squeue
 from . import partitions as partitions_module
 from .config import ConfigError, Settings, load_settings
 from .jobs import JobRejected, JobState, JobSubmission
-from .logs import setup as setup_logs
 from .store import UNREACHABLE, NotReplicated, connect, redacted
 from .units import format_memory
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+# Each command imports what only it needs (the worker loop, RQ, the log sinks) where it runs: a
+# worker process then keeps no command-line code it never uses, and `conductor submit`, `jobs`,
+# `show` or `nodes` do not pay for importing a worker's modules on every call.
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,6 +117,9 @@ def check(settings: Settings, cluster: bool, as_json: bool) -> None:
 @with_settings
 def worker_command(settings: Settings, index: int) -> None:
     """Run one worker instance (what supervisord and systemd start, once per index)."""
+    from . import worker
+    from .logs import setup as setup_logs
+
     setup_logs(settings.log_level, settings.log_file, f"Worker-{index}")
     try:
         status = worker.run(settings, index)
@@ -125,6 +133,7 @@ def worker_command(settings: Settings, index: int) -> None:
 def api_command(settings: Settings) -> None:
     """Serve the HTTP API on API_HOST:API_PORT."""
     from .api import serve
+    from .logs import setup as setup_logs
 
     setup_logs(settings.log_level, settings.log_file, "API")
     serve(settings)
@@ -162,6 +171,8 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
            ntasks_per_node: int, cpus_per_task: int, mem: str, time_limit: str | None,
            requeue: bool, environment: tuple[str, ...], dependency: str | None, array: str | None) -> None:
     """Submit SCRIPT (a file, or - for stdin) as a batch job; prints the job id."""
+    from . import placement
+
     body = {
         "job": {
             "name": name or (Path(script.name).name if script.name != "<stdin>" else "stdin"),
@@ -313,6 +324,8 @@ def cancel(settings: Settings, job_id: str) -> None:
 @with_settings
 def workers_command(settings: Settings, as_json: bool) -> None:
     """List live workers."""
+    from . import registry
+
     _emit(registry.workers(connect(settings)), as_json, lambda rows: _table(
         ["NAME", "NODE", "INDEX", "PID", "HOST", "STATE", "JOB", "LAST HEARTBEAT"],
         [[w["name"], w["node"], w["index"], w["pid"], w["host"], w["state"], w["job"], w["last_heartbeat"]]
@@ -371,6 +384,8 @@ def drain(settings: Settings, node: str, reason: str) -> None:
 @with_settings
 def resume(settings: Settings, node: str) -> None:
     """Return a drained NODE to service."""
+    from . import placement
+
     connection, rq_connection = _connections(settings)
     try:
         was_drained = nodestate.resume(connection, node)
@@ -400,6 +415,8 @@ def partitions_command(settings: Settings, as_json: bool) -> None:
 @with_settings
 def history(settings: Settings, since: str | None, state: str | None, account: str | None, as_json: bool) -> None:
     """Ended jobs, as sacct: those still in Redis and those expired into ACCOUNTING_FILE."""
+    from . import retention
+
     found: dict[int, dict[str, Any]] = {}
     try:
         moment = accounting.parse_since(since) if since else None

@@ -23,7 +23,7 @@ from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, Validation
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .store import has_password, redacted
+from .redaction import has_password, redacted
 from .units import format_memory, parse_duration, parse_memory
 
 ENV_CONFIG = "CONDUCTOR_CONFIG"

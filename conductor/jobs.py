@@ -70,7 +70,7 @@ class JobRejected(ValueError):
 class JobSpec(BaseModel):
     """The seed's ``job`` object: what to run it with, as Slurm's sbatch options name it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     account: str = Field(default="default", min_length=1, max_length=128,
                          json_schema_extra={"pattern": PRINTABLE.pattern})
@@ -142,7 +142,7 @@ class JobSpec(BaseModel):
 class JobSubmission(BaseModel):
     """The seed's request body: ``{"job": {...}, "script": "#!/bin/bash ..."}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     job: JobSpec
     script: str = Field(max_length=MAX_SCRIPT_BYTES, json_schema_extra={"pattern": SCRIPT_PATTERN},
