@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
 
 from . import read_paths
+from . import cli_timing
 from .placement_cost import NODES, SLOTS
 from .run import Results
 from .scenarios import percentile
@@ -26,6 +27,7 @@ REDIS_COMMANDS_TARGET = 40  # Redis commands per trivial job, end to end
 REDIS_CPU_TARGET = 0.5  # x rq worker-pool's Redis CPU per job
 CLUSTER_FLAT_LIMIT = 1.25  # Redis CPU per job at the largest cluster / at one node
 BREAKDOWN_ROWS = 20
+CLI_TARGET = 0.5  # `conductor submit` (and jobs/show/nodes) / `rq enqueue`, start to exit
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ def targets(results: Results) -> list[str]:
     found += redis_targets(results)
     if results.reads is not None:
         found += read_paths.targets(results.reads)
+    found += cli_targets(results)
     return found
 
 
@@ -237,6 +240,22 @@ def redis_targets(results: Results) -> list[str]:
             growth <= CLUSTER_FLAT_LIMIT, f"{growth:.2f}x ({1e6 * small.cpu_per_job:.0f} -> "
                                           f"{1e6 * large.cpu_per_job:.0f} µs; commands "
                                           f"{small.commands_per_job:.1f} -> {large.commands_per_job:.1f})"))
+    return found
+
+
+def cli_targets(results: Results) -> list[str]:
+    """Each conductor command against `rq enqueue` timed in the same turns."""
+    anchor = results.cli.get("rq enqueue")
+    if anchor is None:
+        return []
+    found = []
+    for name, timing in results.cli.items():
+        if name == "rq enqueue":
+            continue
+        ratio = timing.wall_median / anchor.wall_median
+        found.append(f"`{name}` <= {CLI_TARGET}x `rq enqueue`, start to exit: " + _verdict(
+            ratio <= CLI_TARGET, f"{ratio:.2f}x ({_ms(timing.wall_median)} vs {_ms(anchor.wall_median)}, "
+                                 f"CPU {_ms(timing.cpu_median)} vs {_ms(anchor.cpu_median)})"))
     return found
 
 
@@ -318,6 +337,12 @@ All systems log at WARNING.
   `record` for ended jobs, `placement.place` and `start` for running ones; one running job per
   two workers, pending jobs asking a whole node). A large cluster and a small anchor are read
   in alternation; see bench/read_paths.py.
+- **Command line**: `conductor submit SCRIPT` and `rq enqueue` (storing one job and exiting), and
+  `conductor jobs`, `show ID`, `nodes`, each a fresh process timed from its start to its exit
+  (wall clock and the child's user + system CPU), in turns so that load from other processes
+  falls on all alike, median of the turns. 16 nodes with 4 worker slots each hold 10,000
+  COMPLETED jobs; each timed submit is placed at once (so it pays for the enqueue into RQ) and
+  its job ended again before the next turn.
 """
 
 
@@ -336,6 +361,14 @@ one request each on a kept-alive connection. Redis commands and server time are 
 {read_paths.table(reads)}
 
 """
+
+
+def cli_section(results: Results) -> str:
+    if not results.cli:
+        return "Not measured in this run."
+    count = len(next(iter(results.cli.values())).wall)
+    return (f"Each command run {count} times, in turns, on 16 nodes holding 10,000 stored jobs "
+            f"(bench/cli_timing.py):\n\n{cli_timing.table(results.cli)}")
 
 
 def markdown(results: Results) -> str:
@@ -373,7 +406,11 @@ is the script call itself and its time includes theirs):
 
 {placement_table(results)}
 
-{read_paths_section(results)}## Machine
+{read_paths_section(results)}## Command line, start to exit
+
+{cli_section(results)}
+
+## Machine
 
 | | |
 |---|---|

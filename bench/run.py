@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import machine, redis_cost, scenarios
 from .baselines import BASELINES
+from .cli_timing import CliTiming, cli_timings
 from .conductor_system import ConductorSystem
 from .placement_cost import PlacementCost, placement_costs
 from .redis_cost import RedisCost
@@ -56,6 +57,7 @@ class Size:
     read_cluster: Shape
     read_samples_cli: int
     read_samples_http: int
+    cli_rounds: int = 15  # turns of the command-line timings (each command once per turn)
 
 
 FULL = Size(
@@ -70,7 +72,7 @@ QUICK = Size(
     makespan_jobs=4, makespan_sleep=0.5, latency_samples=5, cli_samples=1, latency_period=0.05, restarts=1,
     restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
     redis_workers=2, redis_jobs=20, cluster_nodes=(1, 2), cluster_workers_per_node=1,
-    read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5,
+    read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5, cli_rounds=1,
 )
 
 
@@ -96,6 +98,7 @@ class Results:
     seconds: float
     notes: list[str]
     reads: ReadPaths | None = None
+    cli: dict[str, CliTiming] = field(default_factory=dict)  # command -> start-to-exit timings
 
 
 @dataclass(frozen=True)
@@ -181,5 +184,7 @@ def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
     say(f"read paths at cluster size: {size.read_cluster}")
     reads = measure_read_paths(workdir / "read-paths", size.read_cluster, size.read_samples_cli,
                                size.read_samples_http, say)
+    say("command-line start-up: conductor submit vs rq enqueue, conductor jobs/show/nodes on 16 nodes")
+    cli = cli_timings(workdir / "cli", size.cli_rounds)
     return Results(size, machine.describe(), found, placement, cluster, job_cpu(scripts.trivial),
-                   time.monotonic() - started, notes, reads)
+                   time.monotonic() - started, notes, reads, cli=cli)

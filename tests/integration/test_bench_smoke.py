@@ -25,7 +25,8 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = (out / "BENCHMARKS.md").read_text()
     for section in ("## Results", "## Targets (issue 7)", "## Redis cost per job", "## Placement cost as the backlog grows",
-                    "## Read paths at cluster size", "## Machine", "## Method"):
+                    "## Read paths at cluster size",
+                    "## Command line, start to exit", "## Machine", "## Method"):
         assert section in report
     for label in SYSTEMS:
         assert label in report
@@ -34,4 +35,6 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     for read in ("`conductor workers`", "`conductor nodes`", "`GET /api/v1/nodes`", "`GET /metrics`",
                  "`GET /api/v1/jobs?limit=100`"):
         assert read in report
+    for command in ("conductor submit", "rq enqueue", "conductor jobs", "conductor show", "conductor nodes"):
+        assert f"| `{command}` |" in report
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
