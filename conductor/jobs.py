@@ -70,6 +70,8 @@ class JobRejected(ValueError):
 class JobSpec(BaseModel):
     """The seed's ``job`` object: what to run it with, as Slurm's sbatch options name it."""
 
+    # Validators are built at the first validation (submit, the API), not at import: workers and
+    # the read-only commands import this module for its functions and never validate a submission.
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     account: str = Field(default="default", min_length=1, max_length=128,
