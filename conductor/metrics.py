@@ -21,6 +21,7 @@ from . import jobs, keys, resources
 from .reconcile import counts
 from .jobs import JobState
 from .nodestate import NodeState
+from .records import fields_of
 from .store import UNREACHABLE, redacted
 
 WINDOW = 1000  # ended jobs the histograms are built from (see JobTimes)
@@ -101,11 +102,9 @@ def refused_rq_jobs(connection: Redis) -> Metric:
     family = CounterMetricFamily("conductor_refused_rq_jobs", "RQ jobs the node's workers refused to run: "
                                  "they named something other than conductor's job function.", labels=["node"])
     nodes = sorted(connection.smembers(keys.NODES))
-    with connection.pipeline(transaction=False) as pipe:
-        for node in nodes:
-            pipe.get(keys.node_refused_rq_jobs(node))
-        for node, count in zip(nodes, pipe.execute(), strict=True):
-            family.add_metric([node], float(count or 0))
+    counts = connection.mget([keys.node_refused_rq_jobs(node) for node in nodes]) if nodes else []
+    for node, count in zip(nodes, counts, strict=True):
+        family.add_metric([node], float(count or 0))
     return family
 
 
@@ -133,16 +132,25 @@ def job_times(connection: Redis) -> list[Metric]:
 
 
 def _recent_ended(connection: Redis) -> list[tuple[str, str, str]]:
-    """(submitted_at, started_at, ended_at) of the WINDOW highest-numbered jobs in a final state."""
+    """(submitted_at, started_at, ended_at) of the WINDOW highest-numbered jobs in a final state.
+
+    Two round trips and no reply per job: the newest WINDOW ids of each final state, merged here
+    to learn how many of each state are among the WINDOW newest overall, then the times of those
+    with one SORT per state (:mod:`conductor.records`). A job that ends between the two counts
+    in its state's share in place of an older one: the window stays the newest WINDOW it can be.
+    """
     with connection.pipeline(transaction=False) as pipe:
         for state in FINAL_STATES:
             pipe.zrevrange(keys.state(state), 0, WINDOW - 1)
         per_state: list[list[str]] = pipe.execute()
     recent = sorted((int(job_id) for ids in per_state for job_id in ids), reverse=True)[:WINDOW]
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in recent:
-            pipe.hmget(keys.job(job_id), "submitted_at", "started_at", "ended_at")
-        return [tuple(value or "" for value in row) for row in pipe.execute()]  # type: ignore[misc]
+    if not recent:
+        return []
+    oldest = recent[-1]
+    shares = [sum(1 for job_id in ids if int(job_id) >= oldest) for ids in per_state]
+    found = fields_of(connection, [keys.state(state) for state in FINAL_STATES], keys.job,
+                      ("submitted_at", "started_at", "ended_at"), newest=shares)
+    return [tuple(value or "" for value in row) for rows in found for row in rows]  # type: ignore[misc]
 
 
 def _histogram(name: str, text: str, values: Iterable[float], bounds: Sequence[float]) -> HistogramMetricFamily:

@@ -24,6 +24,7 @@ from rq.worker import SimpleWorker
 from . import cgroups, failover, keys, procs, scripts
 from .config import Settings
 from .jobs import timestamp
+from .records import fields_of
 
 HOST = socket.gethostname()
 
@@ -222,13 +223,14 @@ def reap_dead(connection: Redis) -> list[int]:
     return ended
 
 
+VIEW_FIELDS = ("name", "node", "index", "pid", "host", "state", "job", "last_heartbeat", "started_at", "version")
+
+
 def workers(connection: Redis) -> list[dict[str, Any]]:
-    """Views of the live workers (field names are a contract), sorted by node and index."""
-    names = sorted(connection.smembers(keys.WORKERS))
-    with connection.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hgetall(keys.worker(name))
-        records = [record for record in pipe.execute() if record]
+    """Views of the live workers (field names are a contract), sorted by node and index: one
+    round trip however many workers (see :mod:`conductor.records`)."""
+    (rows,) = fields_of(connection, [keys.WORKERS], keys.worker, VIEW_FIELDS)
+    records = [dict(zip(VIEW_FIELDS, row)) for row in rows if row[0] is not None]
     records.sort(key=lambda r: (r["node"], int(r["index"])))
     return [
         {

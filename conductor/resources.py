@@ -15,6 +15,7 @@ from .cgroups import Usage
 from .config import Settings
 from .jobs import timestamp
 from .nodestate import state
+from .records import fields_of
 
 
 def node_up(connection: Redis, settings: Settings, containment: str = "none") -> None:
@@ -34,29 +35,31 @@ def record_usage(connection: Redis, node: str, job_id: int, usage: Usage) -> Non
         pipe.execute()
 
 
+LEDGER_FIELDS = ("total_cpus", "total_memory", "allocated_cpus", "allocated_memory", "containment", "oom_kills",
+                 "partitions")
+
+
 def nodes(connection: Redis) -> list[dict[str, Any]]:
-    """Each node's totals, allocations and live/busy workers (field names are a contract)."""
+    """Each node's totals, allocations and live/busy workers (field names are a contract).
+
+    Three round trips whatever the cluster's size: the node names, every node's books, and the
+    state of every node's workers (one SORT per node, not one HGET per worker: 100 nodes of 10
+    workers were 1,500 replies for the client to parse, now 400).
+    """
     names = sorted(connection.smembers(keys.NODES))
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.hmget(keys.node(name), "total_cpus", "total_memory", "allocated_cpus", "allocated_memory",
-                       "containment", "oom_kills")
-            pipe.smembers(keys.node_workers(name))
+            pipe.hmget(keys.node(name), LEDGER_FIELDS)
             pipe.hgetall(keys.node_drain(name))
-            pipe.hget(keys.node(name), "partitions")
             pipe.scard(keys.node_running(name))
         replies = pipe.execute()
-    ledgers, members = replies[::5], replies[1::5]
-    drains, partitions, running = replies[2::5], replies[3::5], replies[4::5]
-    with connection.pipeline(transaction=False) as pipe:
-        for workers in members:
-            for worker in sorted(workers):
-                pipe.hget(keys.worker(worker), "state")
-        states = iter(pipe.execute())
+    ledgers, drains, running = replies[::3], replies[1::3], replies[2::3]
+    workers = fields_of(connection, [keys.node_workers(name) for name in names], keys.worker, ("state",))
     views = []
-    for name, ledger, workers, drain, served, placed in zip(names, ledgers, members, drains, partitions, running):
+    for name, ledger, drain, placed, rows in zip(names, ledgers, drains, running, workers):
         total_cpus, total_memory, cpus, memory = (int(v or 0) for v in ledger[:4])
-        worker_states = [next(states) for _ in workers]
+        containment, oom_kills, served = ledger[4:]
+        worker_states = [state_ for (state_,) in rows]
         live = sum(s is not None for s in worker_states)
         views.append({
             "name": name,
@@ -66,7 +69,7 @@ def nodes(connection: Redis) -> list[dict[str, Any]]:
             "total_memory": total_memory,
             "allocated_memory": memory,
             "free_memory": max(total_memory - memory, 0),
-            "workers": sum(state is not None for state in worker_states),
+            "workers": live,
             "busy_workers": worker_states.count("busy"),
             "state": state(drained=bool(drain), workers=live, running=placed,
                            allocated_cpus=cpus, total_cpus=total_cpus).value,
@@ -74,7 +77,7 @@ def nodes(connection: Redis) -> list[dict[str, Any]]:
             "drained_by": drain.get("by") or None,
             "drained_at": timestamp(drain.get("at")),
             "partitions": [p for p in (served or "").split(",") if p],
-            "containment": ledger[4] or "none",
-            "oom_kills": int(ledger[5] or 0),
+            "containment": containment or "none",
+            "oom_kills": int(oom_kills or 0),
         })
     return views

@@ -25,10 +25,11 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis.connection import Connection
+from redis.exceptions import ResponseError
 
 import cluster_fixture
 from cluster_fixture import Shape
-from conductor import cli
+from conductor import cli, keys, metrics, registry, resources
 from conductor.api import create_app
 from conductor.config import load_settings
 from conductor.store import connect
@@ -202,3 +203,46 @@ def test_promtool_accepts_a_live_metrics_endpoint(clusters: dict[str, Cluster], 
                              timeout=60, check=False)
     assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), \
         checked.stdout + checked.stderr
+
+
+def test_a_user_limited_to_conductors_keys_gets_the_same_listings(clusters: dict[str, Cluster]) -> None:
+    """Redis 7 refuses SORT's GET patterns to an ACL user who may not read every key; such a user
+    (limited to conductor's and RQ's key patterns) still gets the same workers and nodes, read
+    record by record."""
+    cluster = clusters["smaller"]
+    admin = cluster.redis.client()
+    admin.acl_setuser("limited", enabled=True, passwords=["+limited-secret"], commands=["+@all"],
+                      keys=[f"{keys.PREFIX}*", f"{keys.WORKER_PREFIX}*", "rq:*"])
+    try:
+        limited = connect(cluster.redis.url.replace("redis://", "redis://limited:limited-secret@"))
+        with pytest.raises(ResponseError, match="ACL"):
+            limited.sort(keys.WORKERS, by="nosort", get=[keys.worker("*") + "->name"])
+        everyone = connect(cluster.redis.url)
+        assert registry.workers(limited) == registry.workers(everyone)
+        assert len(registry.workers(limited)) == cluster.shape.workers
+        assert resources.nodes(limited) == resources.nodes(everyone)
+        assert sum(node["busy_workers"] for node in resources.nodes(limited)) == cluster.shape.running
+        assert metrics.job_times(limited) == metrics.job_times(everyone)
+    finally:
+        admin.acl_deluser("limited")
+
+
+@pytest.mark.parametrize("window", [5, 40, metrics.WINDOW, 5_000])
+def test_job_time_histograms_count_exactly_the_newest_ended_jobs(
+        window: int, clusters: dict[str, Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The histograms are built from the ``window`` highest-numbered ended jobs, read per state
+    with a SORT each: the same jobs and times as reading each of them, whatever the window
+    (smaller than one state's share, the default, and more than the cluster's ended jobs)."""
+    monkeypatch.setattr(metrics, "WINDOW", window)
+    connection = connect(clusters["larger"].redis.url)
+    ended = sorted((int(job_id) for state in metrics.FINAL_STATES
+                    for job_id in connection.zrange(keys.state(state), 0, -1)), reverse=True)[:window]
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ended:
+            pipe.hmget(keys.job(job_id), "submitted_at", "started_at", "ended_at")
+        expected = sorted(tuple(value or "" for value in row) for row in pipe.execute())
+    assert len(expected) == min(window, clusters["larger"].shape.ended)
+    assert sorted(metrics._recent_ended(connection)) == expected
+    (wait, run) = metrics.job_times(connection)
+    (count,) = [s.value for s in run.samples if s.name.endswith("_count")]
+    assert count == sum(1 for _, started, end in expected if started and end)
