@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from . import cgroups, jobs, keys, render, resources
-from . import accounting, nodestate, squeue
+from . import cgroups, jobs, render, resources
+from . import accounting, nodestate, squeue, workflow
 from . import partitions as partitions_module
 from .config import ConfigError, Settings, load_settings
 from .jobs import JobRejected, JobState, JobSubmission
@@ -220,15 +219,15 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @with_settings
-def show(settings: Settings, job_id: int, as_json: bool) -> None:
-    """Show one job."""
+def show(settings: Settings, job_id: str, as_json: bool) -> None:
+    """Show one job; ID_N shows task N of job array ID."""
     connection = connect(settings)
-    job = jobs.get(connection, job_id)
+    job = jobs.get_named(connection, *_job_ref(job_id))
     if job is None:
-        raise Failure(f"job {job_id} does not exist")
+        raise Failure(f"job {job_id} does not exist" + (" (or the task is not materialised yet)" if "_" in job_id else ""))
     job = partitions_module.annotate(connection, [job])[0]
     _emit(job, as_json, lambda j: "\n".join(f"{k:>16}: {'' if v is None else v}" for k, v in j.items()))
 
@@ -299,24 +298,20 @@ def _job_label(job: dict[str, Any]) -> Any:
 def cancel(settings: Settings, job_id: str) -> None:
     """Cancel a PENDING or RUNNING job (every process of a running one is stopped); ID_N cancels
     one task of a job array, the array's id all of it."""
-    match = re.fullmatch(r"([0-9]+)(?:_([0-9]+))?", job_id)
-    if not match:
-        raise Failure(f"{job_id!r} is not a job id (123, or 123_7 for one task of an array)", 2)
-    connection = connect(settings)
-    if match[2] is not None or connection.exists(keys.array(match[1])):
-        answers = jobs.cancel_array(connection, int(match[1]), None if match[2] is None else int(match[2]))
-        if answers == ["missing"]:
-            raise Failure(f"job {job_id} does not exist")
-        if match[2] is not None and answers[0].startswith("final:"):
-            raise Failure(f"job {job_id} has already ended ({answers[0].split(':', 1)[1]})")
-        click.echo(f"job {job_id}: {'cancelled' if all(a == 'cancelled' for a in answers) else 'cancel requested'}")
-        return
-    answer = jobs.cancel(connection, int(job_id))
-    if answer == "missing":
+    number, task = _job_ref(job_id)
+    answers = jobs.cancel_named(connect(settings), number, task)
+    if answers == ["missing"]:
         raise Failure(f"job {job_id} does not exist")
-    if answer.startswith("final:"):
-        raise Failure(f"job {job_id} has already ended ({answer.split(':', 1)[1]})")
-    click.echo(f"job {job_id}: {'cancelled' if answer == 'cancelled' else 'cancel requested'}")
+    if len(answers) == 1 and answers[0].startswith("final:"):
+        raise Failure(f"job {job_id} has already ended ({answers[0].split(':', 1)[1]})")
+    click.echo(f"job {job_id}: {'cancelled' if all(a == 'cancelled' for a in answers) else 'cancel requested'}")
+
+
+def _job_ref(text: str) -> tuple[int, int | None]:
+    try:
+        return workflow.parse_job_ref(text)
+    except ValueError as error:
+        raise Failure(str(error), 2) from None
 
 
 @main.command("workers")
@@ -444,15 +439,16 @@ def history(settings: Settings, since: str | None, state: str | None, account: s
 
 
 @main.command()
-@click.argument("job_ids", type=int, nargs=-1)
+@click.argument("job_ids", nargs=-1)
 @click.option("--interval", type=float, default=0.5, show_default=True, help="seconds between refreshes")
 @with_settings
-def watch(settings: Settings, job_ids: tuple[int, ...], interval: float) -> None:
+def watch(settings: Settings, job_ids: tuple[str, ...], interval: float) -> None:
     """Show jobs and nodes live until the given jobs (default: all running and pending) have ended."""
     connection = connect(settings)
+    named = [_job_ref(text) for text in job_ids]
     shown = ""
     while True:
-        rows = [j for j in (jobs.get(connection, i) for i in job_ids) if j] if job_ids else (
+        rows = [j for j in (jobs.get_named(connection, *ref) for ref in named) if j] if named else (
             jobs.list_jobs(connection, JobState.RUNNING) + jobs.list_jobs(connection, JobState.PENDING))
         screen = "\n".join([_jobs_table(rows), "", _nodes_table(resources.nodes(connection))])
         if sys.stdout.isatty():

@@ -91,12 +91,18 @@ class JobSpec(BaseModel):
     requeue: bool = Field(default=False, description="run again once if the worker dies (sbatch --requeue)")
     array: str | None = Field(
         default=None, max_length=4096,
-        description="sbatch --array: indices (0-15, 1,3,5, 0-15:4) and an optional %N limit on tasks running at once",
+        description="sbatch --array: a job array of indices (0-15, 1,3,5, 0-15:4, combined with ',': "
+                    "0-9,20-40:5) and an "
+                    "optional %N limit on tasks running at once (0-999%4); indices below MAX_ARRAY_SIZE (default 1001). "
+                    "The answer's job_id is the array's id (its first task's); each task is a job with "
+                    "array_job_id and array_task_id, named <array id>_<index> in /jobs/{job_id}",
     )
     dependency: str | None = Field(
         default=None, max_length=4096,
         description="sbatch --dependency: after|afterany|afterok|afternotok:<id>[:<id>...] or singleton, "
-                    "joined by ',' (all) or '?' (any)",
+                    "joined by ',' (all) or '?' (any), e.g. afterok:123, afterany:123:124, afterok:5?afternotok:6; <id> is a job, an array (every task of it) or "
+                    "<array id>_<index> (one task). Unmet: PENDING with reason Dependency; never to be met: "
+                    "reason DependencyNeverSatisfied",
     )
 
     @field_validator("account", "name", "partition")
@@ -297,9 +303,34 @@ def cancel_array(connection: Redis, array_job_id: int, task: int | None = None,
         return ["missing"]
     if kind == "skipped":
         return ["cancelled"]
-    if kind == "final":
-        return ["final:CANCELLED"]
+    if kind == "final":  # a task cancelled before it was materialised, or an array whose every task ended
+        return ["final:CANCELLED" if task is not None else "final:every task of the array has ended"]
     return [cancel(connection, int(task_id), reason) for task_id in task_ids]
+
+
+def cancel_named(connection: Redis, job_id: int, task: int | None = None,
+                 reason: str = "cancelled by user") -> list[str]:
+    """Cancel what scancel's argument names: a job, a whole array (by its id), or one task of an
+    array (``task``); the CLI and the API both come here. Returns the answers of :func:`cancel`
+    for each job acted on: ['missing'] for nothing of that name, ['final:<why>'] when it had ended."""
+    if task is not None or connection.exists(keys.array(job_id)):
+        return cancel_array(connection, job_id, task, reason)
+    return [cancel(connection, job_id, reason)]
+
+
+def task_job_id(connection: Redis, array_job_id: int, task: int) -> int | None:
+    """The job id of task ``task`` of array ``array_job_id``, None while it is not materialised
+    (or when it never will be: cancelled before, or no such task)."""
+    found = connection.hget(keys.array(array_job_id), f"task:{task}")
+    return None if found is None else int(found)
+
+
+def get_named(connection: Redis, job_id: int, task: int | None = None) -> dict[str, Any] | None:
+    """The view of job ``job_id``, or of task ``task`` of that array (None when it has no record)."""
+    if task is not None:
+        found = task_job_id(connection, job_id, task)
+        return None if found is None else get(connection, found)
+    return get(connection, job_id)
 
 
 def array_remainders(connection: Redis, array_job_ids: list[int]) -> dict[int, str]:

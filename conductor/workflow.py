@@ -93,6 +93,21 @@ def _condition(part: str) -> Condition:
     return Condition(kind, tuple(job_ids))
 
 
+JOB_REF_PATTERN = r"^[1-9][0-9]{0,17}(_(0|[1-9][0-9]{0,8}))?$"  # for request models: the same grammar as parse_job_ref
+
+
+def parse_job_ref(text: str) -> tuple[int, int | None]:
+    """A job as scancel and scontrol name it: ``123``, or ``123_7`` for task 7 of array 123.
+
+    Returns (job id, task index or None), or ValueError saying what is expected. Python's ``int``
+    would read ``123_7`` as 1237 (digit grouping), hence the grammar here.
+    """
+    match = _JOB_ID.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a job id (123, or 123_7 for one task of an array)")
+    return int(match[1]), None if match[2] is None else int(match[2])
+
+
 # --- job arrays (sbatch --array) ------------------------------------------------------------------
 
 ARRAY_INDEX_BOUND = 4_000_001  # the syntax's own bound (Slurm's largest MaxArraySize); MAX_ARRAY_SIZE is the setting

@@ -139,9 +139,12 @@ class PartitionView(BaseModel):
 
 
 class Cancelled(BaseModel):
-    job_id: int
-    state: JobState = Field(description="CANCELLED, or RUNNING while its worker stops it")
+    job_id: int = Field(description="the job cancelled: for a whole array, the array's id; for one task, "
+                                    "the task's own job id (the array's id while the task was not materialised)")
+    state: JobState = Field(description="CANCELLED, or RUNNING while its worker (for an array: some task's) stops it")
     detail: str
+    array_job_id: int | None = Field(default=None, description="the array, when an array or one task of it was named")
+    array_task_id: int | None = Field(default=None, description="the task's index, when one task was named")
 
 
 class Status(BaseModel):

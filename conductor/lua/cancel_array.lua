@@ -1,7 +1,8 @@
 -- Cancel a job array, or one task of it. ARGV: array job id, task index ('' = the whole array).
 -- Returns {'tasks', id, ...}: the materialised tasks the caller now cancels one by one (the
 -- cancel script), or {'missing'}, or {'skipped'} when the task had not been materialised yet
--- (it never will be), or {'final'} when it was already cancelled.
+-- (it never will be), or {'final'} when it was already cancelled (the whole array: when every
+-- task of it has ended).
 -- The part not yet materialised is cancelled here, atomically: no task of it will ever start.
 local key = array_key(ARGV[1])
 if redis.call('EXISTS', key) == 0 then return {'missing'} end
@@ -17,6 +18,7 @@ if index ~= '' then
   notify_dependents(ARGV[1], array_done(key))
   return {'skipped'}
 end
+if array_done(key) then return {'final'} end  -- every task has ended: nothing left to cancel
 if redis.call('HGET', key, 'cancelled') ~= '1' then
   local a = redis.call('HMGET', key, 'count', 'materialized')
   local left = tonumber(a[1]) - tonumber(a[2]) - redis.call('SCARD', key .. ARRAY_SKIP_SUFFIX)

@@ -58,12 +58,12 @@ class Api:
     def submit(self, script: str, **job: Any) -> httpx.Response:
         return self.http.post("/api/v1/jobs/submit", json={"job": job, "script": script})
 
-    def job(self, job_id: int) -> dict[str, Any]:
+    def job(self, job_id: int | str) -> dict[str, Any]:
         response = self.http.get(f"/api/v1/jobs/{job_id}")
         assert response.status_code == 200, response.text
         return response.json()  # type: ignore[no-any-return]
 
-    def wait_state(self, job_id: int, *states: str) -> dict[str, Any]:
+    def wait_state(self, job_id: int | str, *states: str) -> dict[str, Any]:
         return wait_until(lambda: (job := self.job(job_id))["state"] in states and job,
                           what=f"job {job_id} to reach {states}")
 
@@ -324,6 +324,58 @@ def test_oversized_undecodable_and_malformed_bodies_get_422(cluster) -> None:
     truncated = api.http.post("/api/v1/jobs/submit", content=b'{"job": ', headers=headers)
     assert truncated.status_code == 422 and truncated.json()["detail"][0]["loc"][0] == "body"
     assert stored(node) == before
+
+
+def test_a_sweep_and_its_collector_over_http_cancel_one_task_and_the_whole_array(api: Api, tmp_path: Path) -> None:
+    """A new user's sweep over HTTP: a 1,000-task array with a %4 limit and an afterok collector.
+    Tasks are named <array>_<index> in the path (as squeue and scancel write them); one task is
+    cancelled before it was materialised and one while it runs, then the whole array, which
+    leaves the collector PENDING with reason DependencyNeverSatisfied."""
+    release = tmp_path / "release"
+    sweep = api.submit(waiting_script(release), name="sweep", array="0-999%4")
+    assert sweep.status_code == 201, sweep.text
+    array = sweep.json()["job_id"]
+    collector = api.submit("echo collected\n", name="collect", dependency=f"afterok:{array}").json()["job_id"]
+    assert api.job(collector)["pending_reason"] == "Dependency"
+    first = api.wait_state(f"{array}_0", "RUNNING")
+    assert (first["id"], first["array_job_id"], first["array_task_id"]) == (array, array, 0)
+    unmade = api.http.get(f"/api/v1/jobs/{array}_500")
+    assert unmade.status_code == 404 and "not materialised" in unmade.json()["detail"]
+
+    one = api.http.post(f"/api/v1/jobs/{array}_500/cancel")
+    assert one.status_code == 200, one.text
+    assert (one.json()["state"], one.json()["array_job_id"], one.json()["array_task_id"]) == ("CANCELLED", array, 500)
+    assert api.http.post(f"/api/v1/jobs/{array}_500/cancel").status_code == 409
+    second = api.wait_state(f"{array}_1", "RUNNING")
+    stopping = api.http.post(f"/api/v1/jobs/{array}_1/cancel")
+    assert stopping.status_code == 200 and stopping.json()["job_id"] == second["id"]
+    assert api.wait_state(second["id"], "CANCELLED")["array_task_id"] == 1
+
+    whole = api.http.post(f"/api/v1/jobs/{array}/cancel")
+    assert whole.status_code == 200 and whole.json()["array_job_id"] == array, whole.text
+    wait_until(lambda: not [j for j in api.http.get("/api/v1/jobs", params={"limit": 1000}).json()
+                            if j["array_job_id"] == array and j["state"] in ("PENDING", "RUNNING")],
+               what="every task of the array to end")
+    again = api.http.post(f"/api/v1/jobs/{array}/cancel")
+    assert again.status_code == 409 and "every task of the array has ended" in again.json()["detail"]
+    assert api.job(collector)["pending_reason"] == "DependencyNeverSatisfied"
+    assert api.http.post(f"/api/v1/jobs/{collector}/cancel").json()["state"] == "CANCELLED"
+    release.touch()
+
+
+def test_a_job_id_with_an_underscore_is_an_array_task_never_a_grouped_number(api: Api) -> None:
+    """`123_4` names task 4 of array 123; read as an integer with digit grouping it would be job
+    1234, which must never be shown or cancelled in its place."""
+    job_id = api.submit("true\n").json()["job_id"]
+    api.wait_state(job_id, "COMPLETED")
+    text = str(job_id)
+    grouped = f"{text[0]}_{text[1:]}" if len(text) > 1 and text[1] != "0" else f"{job_id}_1"
+    for path in (f"/api/v1/jobs/{grouped}", f"/api/v1/jobs/{grouped}/output"):
+        assert api.http.get(path).status_code == 404, path
+    assert api.http.post(f"/api/v1/jobs/{grouped}/cancel").status_code == 404
+    for bad in ("1_2_3", "1__2", "_1", "01", "1_01"):
+        response = api.http.get(f"/api/v1/jobs/{bad}")
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["path", "job_id"], bad
 
 
 def test_unknown_jobs_get_404_and_bad_queries_422(cluster) -> None:

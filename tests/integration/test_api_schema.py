@@ -122,3 +122,21 @@ def test_document_describes_errors_and_the_token(api: ApiProcess) -> None:
             assert operation.get("security", []) == expected, f"{method} {path}"
     memory = document["components"]["schemas"]["JobSpec"]["properties"]["memory_per_node"]
     assert {branch["type"] for branch in memory["anyOf"]} == {"integer", "string"}  # the seed sends "8G"
+
+
+def test_document_shows_the_array_and_dependency_syntax(api: ApiProcess) -> None:
+    """A new user reading /docs finds sbatch's --array and --dependency syntax, a sweep with a
+    collector, and how a task is named in the paths."""
+    document = httpx.get(f"{api.url}/openapi.json", headers=AUTH).json()
+    spec = document["components"]["schemas"]["JobSpec"]["properties"]
+    array = spec["array"]["description"]
+    dependency = spec["dependency"]["description"]
+    for text in ("0-15:4", "%N", "0-999%4", "MAX_ARRAY_SIZE"):
+        assert text in array, text
+    for text in ("afterok", "afternotok", "singleton", "'?'", "<array id>_<index>", "DependencyNeverSatisfied"):
+        assert text in dependency, text
+    submit = document["paths"]["/api/v1/jobs/submit"]["post"]["description"]
+    assert '"array": "0-999%4"' in submit and '"dependency": "afterok:1"' in submit
+    assert '"script": "#!/bin/bash\\npython3 simulate.py' in submit  # the JSON as it is sent
+    job_id = document["paths"]["/api/v1/jobs/{job_id}/cancel"]["post"]["parameters"][0]
+    assert job_id["schema"]["pattern"].startswith("^[1-9]") and "_" in job_id["description"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -152,6 +153,26 @@ def test_cancel_from_the_cli_one_task_and_the_whole_array(make_node, tmp_path):
     assert f"{array}_[" not in conductor("jobs", config=node.config).stdout
     refused = conductor("cancel", f"{array}_500", config=node.config, check=False)
     assert refused.returncode != 0 and "does not exist" in refused.stderr
+    ended = conductor("cancel", str(array), config=node.config, check=False)
+    assert ended.returncode == 1 and "every task of the array has ended" in ended.stderr
+
+
+def test_show_and_watch_name_a_task_as_array_underscore_index(make_node, tmp_path):
+    """`show 1_2` is task 2 of array 1 (as scontrol), never job 12 (Python's int() reads "1_2"
+    as 12)."""
+    node = make_node(TOTAL_CPUS=4, WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    array = node.submit("#!/bin/bash\ntrue\n", "--array=0-2")
+    other = node.submit("#!/bin/bash\ntrue\n", "--array=0-9")  # jobs 4..13: job 12 exists
+    wait_until(lambda: node.redis.client().zcard(keys.state("COMPLETED")) == 13, what="the thirteen tasks")
+    assert (array, other) == (1, 4)
+    shown = json.loads(conductor("show", "1_2", "--json", config=node.config).stdout)
+    assert (shown["id"], shown["array_job_id"], shown["array_task_id"]) == (3, 1, 2)
+    refused = conductor("show", "1_5", config=node.config, check=False)
+    assert refused.returncode == 1 and "job 1_5 does not exist" in refused.stderr
+    assert f"{array}_1" in conductor("watch", f"{array}_1", config=node.config).stdout
+    bad = conductor("show", "1_2_3", config=node.config, check=False)
+    assert bad.returncode == 2 and "not a job id" in bad.stderr
 
 
 # --- retention of arrays --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 
-from ... import jobs, keys, partitions, placement, runner
+from ... import jobs, keys, partitions, placement, runner, workflow
 from ...config import Settings
 from ...jobs import JobState, JobSubmission
 from ...store import UNREACHABLE
@@ -19,7 +19,10 @@ from ..errors import printable
 from ..models import REDIS_DOWN, Cancelled, JobView, Problem, Submitted, ValidationProblem
 
 MAX_OUTPUT_CHUNK = 8 << 20
-JobId = Annotated[int, PathParam(ge=1, description="the job id that submit answered")]
+JobId = Annotated[str, PathParam(
+    pattern=workflow.JOB_REF_PATTERN, examples=["123", "123_7"],
+    description="the job id that submit answered, or <array job id>_<index> for one task of a job array "
+                "(squeue's and scancel's form)")]
 
 router = APIRouter(tags=["jobs"], responses=REDIS_DOWN)
 
@@ -36,11 +39,30 @@ SUBMIT_LINKS = {  # lets generated clients (and schemathesis) follow a new job t
                      "description": "a field of the body is invalid, or no node could ever run the job"}},
 )
 def submit_job(submission: JobSubmission, ctx: Ctx) -> Submitted:
-    """Store a job (PENDING) and place it at once if a node has room: the seed's request, verbatim."""
+    r"""Store a job (PENDING) and place it at once if a node has room: the seed's request, verbatim.
+
+    A sweep of 1,000 points, at most 4 at once (sbatch --array), answers the array's id:
+
+        {"job": {"name": "sweep", "cpus_per_task": 2, "array": "0-999%4"},
+         "script": "#!/bin/bash\npython3 simulate.py --point $SLURM_ARRAY_TASK_ID"}
+
+    and a collector that runs once every task of that array (here 1) succeeded:
+
+        {"job": {"name": "collect", "dependency": "afterok:1"}, "script": "#!/bin/bash\npython3 collect.py"}
+
+    Tasks are then `GET /api/v1/jobs/1_7`; `POST /api/v1/jobs/1/cancel` cancels the whole array,
+    `/jobs/1_7/cancel` one task.
+    """
     _require_unicode(submission)
     job_id = partitions.submit(ctx.connection, submission, ctx.settings.allow_unknown_partitions,
                                ctx.settings.max_array_size)
     return Submitted(job_id=job_id, state=_place(ctx, job_id))
+
+
+@router.api_route("/jobs/submit", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def submit_other_methods() -> None:
+    """Only POST submits: any other method is 405, not a lookup of a job named "submit" (422)."""
+    raise HTTPException(405, "only POST is allowed on /api/v1/jobs/submit", headers={"Allow": "POST"})
 
 
 def _place(ctx: Context, job_id: int) -> Literal["PENDING", "RUNNING"]:
@@ -93,14 +115,16 @@ def list_jobs(
 @router.get("/jobs/{job_id}", response_model=JobView, operation_id="get_job",
                  responses={404: {"model": Problem}})
 def get_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
-    """One job: state, placement, resources, exit code and timestamps; a PENDING one says why it waits."""
+    """One job (``123_7``: task 7 of array 123): state, placement, resources, exit code and
+    timestamps; a PENDING one says why it waits."""
     return partitions.annotate(ctx.connection, [_job_or_404(ctx, job_id)])[0]
 
 
-def _job_or_404(ctx: Context, job_id: int) -> dict[str, Any]:
-    found = jobs.get(ctx.connection, job_id)
+def _job_or_404(ctx: Context, job_id: str) -> dict[str, Any]:
+    found = jobs.get_named(ctx.connection, *workflow.parse_job_ref(job_id))
     if found is None:
-        raise HTTPException(404, f"job {job_id} does not exist")
+        raise HTTPException(404, f"job {job_id} does not exist" + (
+            " (or the task is not materialised yet: it waits in the array's pending part)" if "_" in job_id else ""))
     return found
 
 
@@ -109,19 +133,37 @@ def _job_or_404(ctx: Context, job_id: int) -> dict[str, Any]:
     responses={404: {"model": Problem}, 409: {"model": Problem, "description": "the job has already ended"}},
 )
 def cancel_job(job_id: JobId, ctx: Ctx) -> Cancelled:
-    """Cancel a PENDING job at once, or tell a RUNNING job's worker to stop every process of it."""
-    answer = jobs.cancel(ctx.connection, job_id)
-    if answer == "missing":
+    """Cancel a PENDING job at once, or tell a RUNNING job's worker to stop every process of it.
+
+    As scancel: a job array's id cancels the whole array (the part not yet materialised at once,
+    atomically, then each task), ``<array id>_<index>`` one task, materialised or not.
+    """
+    number, task = workflow.parse_job_ref(job_id)
+    whole_array = task is None and bool(ctx.connection.exists(keys.array(number)))
+    answers = jobs.cancel_named(ctx.connection, number, task)
+    if answers == ["missing"]:
         raise HTTPException(404, f"job {job_id} does not exist")
-    if answer.startswith("final:"):
-        state = answer.split(":", 1)[1]
-        raise HTTPException(409, f"job {job_id} has already ended ({state}); "
+    if len(answers) == 1 and answers[0].startswith("final:"):
+        raise HTTPException(409, f"job {job_id} has already ended ({answers[0].split(':', 1)[1]}); "
                                  "only PENDING or RUNNING jobs can be cancelled")
-    if answer == "cancelled":
-        return Cancelled(job_id=job_id, state=JobState.CANCELLED, detail=f"job {job_id} cancelled")
-    worker = _job_or_404(ctx, job_id)["worker"]
-    return Cancelled(job_id=job_id, state=JobState.RUNNING,
-                     detail=f"cancel requested: worker {worker} is stopping every process of job {job_id}; "
+    done = all(answer == "cancelled" for answer in answers)
+    state = JobState.CANCELLED if done else JobState.RUNNING
+    if whole_array:
+        stopping = sum(answer == "signalled" for answer in answers)
+        return Cancelled(job_id=number, state=state, array_job_id=number, detail=(
+            f"job array {number} cancelled: no task not yet materialised will start"
+            + (f"; {stopping} running task(s) are being stopped by their workers and end CANCELLED within seconds"
+               if stopping else "")))
+    view = jobs.get_named(ctx.connection, number, task)
+    own_id = view["id"] if view else number
+    label = f"job {job_id}" if task is None else f"task {job_id} (job {own_id})" if view else f"task {job_id}"
+    if done:
+        return Cancelled(job_id=own_id, state=state, array_job_id=number if task is not None else None,
+                         array_task_id=task, detail=f"{label} cancelled")
+    worker = view["worker"] if view else None
+    return Cancelled(job_id=own_id, state=state, array_job_id=number if task is not None else None,
+                     array_task_id=task,
+                     detail=f"cancel requested: worker {worker} is stopping every process of {label}; "
                             "it ends CANCELLED within seconds")
 
 
@@ -156,14 +198,14 @@ def job_output(
     which node to ask.
     """
     job = _job_or_404(ctx, job_id)  # state first: once final, the file no longer grows
-    path = runner.output_file(ctx.settings.job_root, job_id, job.get("array_job_id"), job.get("array_task_id"))
+    path = runner.output_file(ctx.settings.job_root, job["id"], job.get("array_job_id"), job.get("array_task_id"))
     try:
         data, size = _read_chunk(path, offset, limit)
     except FileNotFoundError:
         _explain_missing_output(ctx.settings, job, path)
         data, size = b"", 0
     except OSError as error:  # not Redis: say which file and why, instead of a bare 500
-        raise HTTPException(500, f"cannot read the output of job {job_id} at {path}: {error}") from None
+        raise HTTPException(500, f"cannot read the output of job {job['id']} at {path}: {error}") from None
     complete = JobState(job["state"]).final and offset + len(data) >= size
     return Response(data, media_type="text/plain", headers={
         "X-Next-Offset": str(offset + len(data)), "X-Output-Size": str(size),
