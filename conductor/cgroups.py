@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from . import procs
+
 ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
 
@@ -262,8 +264,7 @@ class JobGroup:
                     if time.monotonic() > deadline:
                         raise ContainmentError(
                             f"cgroup {directory} still holds processes {sorted(self.pids())} after SIGKILL")
-                    for pid in self.pids():
-                        _kill(pid)
+                    procs.send_all(sorted(self.pids()), signal.SIGKILL)
                     time.sleep(0.01)
 
     def _freeze_and_kill(self) -> None:
@@ -273,18 +274,10 @@ class JobGroup:
         if freeze is not None and frozen:
             _write(freeze, "FROZEN" if self.mode is Mode.V1 else "1")
         try:
-            for pid in self.pids():
-                _kill(pid)
+            procs.send_all(sorted(self.pids()), signal.SIGKILL)
         finally:
             if freeze is not None and frozen:
                 _write(freeze, "THAWED" if self.mode is Mode.V1 else "0")
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass

@@ -9,7 +9,70 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
+
+SETPRIV = "/usr/bin/setpriv"
+# JOB_USER's (uid, gid) when jobs run as another user than the worker: see signal_jobs_as.
+_job_user: tuple[int, int] | None = None
+
+
+def signal_jobs_as(uid: int, gid: int) -> None:
+    """Jobs run as JOB_USER (``uid``, ``gid``): a signal the kernel refuses to this worker is sent again
+    as that user, through setpriv, so the worker needs no CAP_KILL (which would let it signal any
+    process of the machine). Called once at the worker's start."""
+    global _job_user
+    _job_user = (uid, gid)
+
+
+def _as_job_user(signum: int, targets: list[str]) -> None:
+    """``kill -s SIG -- targets`` as JOB_USER (bash's builtin kill; a negative target is a process group).
+
+    Raises ProcessLookupError when a target is gone and PermissionError when even JOB_USER may not
+    signal it (it belongs to a third user), as os.kill would.
+    """
+    assert _job_user is not None
+    uid, gid = _job_user
+    name = signal.Signals(signum).name.removeprefix("SIG")
+    result = subprocess.run(
+        [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+         "/bin/bash", "-c", 'kill -s "$0" -- "$@"', name, *targets],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=30)
+    if result.returncode != 0:
+        if "not permitted" in result.stderr:
+            raise PermissionError(f"kill -s {name} {' '.join(targets)} as uid {uid}: {result.stderr.strip()}")
+        raise ProcessLookupError(f"kill -s {name} {' '.join(targets)}: {result.stderr.strip()}")
+
+
+def send(pid: int, signum: int) -> None:
+    """os.kill, and as JOB_USER where this worker is not allowed to (see :func:`signal_jobs_as`)."""
+    try:
+        os.kill(pid, signum)
+    except PermissionError:
+        if _job_user is None:
+            raise
+        _as_job_user(signum, [str(pid)])
+
+
+def send_all(pids: list[int], signum: int) -> None:
+    """:func:`send` to each of ``pids``; those refused go to JOB_USER together (one setpriv, not one
+    per process: a group being killed may hold thousands). Gone processes are skipped."""
+    refused = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            if _job_user is None:
+                raise
+            refused.append(str(pid))
+    if refused:
+        try:
+            _as_job_user(signum, refused)
+        except ProcessLookupError:  # one of them exited meanwhile; bash signalled the others
+            pass
 
 
 def start_ticks(pid: int) -> int | None:
@@ -99,7 +162,7 @@ def kill_orphaned_group(pgid: int, leader_ticks: int | None, boot: str = BOOT, j
         if not ours:
             continue
         try:
-            os.kill(pid, signal.SIGKILL)
+            send(pid, signal.SIGKILL)
             signalled.append(pid)
         except ProcessLookupError:
             pass
@@ -111,7 +174,12 @@ def kill_orphaned_group(pgid: int, leader_ticks: int | None, boot: str = BOOT, j
 def signal_group(pgid: int, signum: int) -> bool:
     """Send ``signum`` to every process of group ``pgid``; False if the group is already gone."""
     try:
-        os.killpg(pgid, signum)
+        try:
+            os.killpg(pgid, signum)
+        except PermissionError:  # the group runs as JOB_USER
+            if _job_user is None:
+                raise
+            _as_job_user(signum, [str(-pgid)])
     except ProcessLookupError:
         return False
     return True

@@ -44,7 +44,6 @@ class Exporter:
             "conductor": settings.install_prefix / "bin" / "conductor",
             "config": settings.config_path or DEFAULT_LOCATIONS[-1],
             "indices": range(1, settings.worker_concurrency + 1),
-            "job_group": job_group(settings.job_user) if settings.job_user else "",
         }
 
     def files(self) -> Iterator[tuple[str, str]]:
@@ -53,18 +52,6 @@ class Exporter:
 
     def _render(self, template: str) -> str:
         return self.env.get_template(f"{self.target}/{template}").render(self.context())
-
-
-def job_group(job_user: str) -> str:
-    """JOB_USER's primary group, which the worker joins to hand each job its directory (no CAP_CHOWN).
-    The installers create JOB_USER with a group of the same name, which is the answer before it exists."""
-    import grp
-    import pwd
-
-    try:
-        return grp.getgrgid(pwd.getpwnam(job_user).pw_gid).gr_name
-    except KeyError:
-        return job_user
 
 
 def supervisor_arg(value: object) -> str:

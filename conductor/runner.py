@@ -42,6 +42,14 @@ class Outcome:
     usage: cgroups.Usage | None = None
 
 
+def closed_to_others(path: Path) -> bool:
+    """Whether some directory on ``path``'s way from / lets no other user through (no 'other' x bit)."""
+    for directory in (path, *path.parents):
+        if not directory.stat().st_mode & 0o001:
+            return True
+    return False
+
+
 def job_dir(job_root: Path, job_id: int | str) -> Path:
     """Where job ``job_id`` keeps its script and output: named by id only, never by user input."""
     return job_root / str(int(job_id))
@@ -170,7 +178,8 @@ class Runner:
     def _as_job_user(self) -> list[str]:
         """The setpriv prefix that runs the script as JOB_USER with no capability and no way to gain one.
 
-        The worker holds CAP_SETUID/CAP_SETGID (and CAP_KILL, to stop the job) for this alone; setpriv drops them
+        The worker holds CAP_SETUID/CAP_SETGID for this (and to signal the job as JOB_USER, see
+        procs.signal_jobs_as) alone; setpriv drops them
         from every set the job could inherit (ambient, inheritable) and sets no_new_privs, so the
         job is an ordinary unprivileged process of another user: it cannot read app.properties
         (0640 root:SERVICE_USER) nor the worker's /proc/PID/environ.
@@ -182,15 +191,13 @@ class Runner:
                 "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--"]
 
     def _hand_over(self, directory: Path) -> None:
-        """Open the job directory to JOB_USER through its group (the worker is a member, so no CAP_CHOWN):
-        2770, so that what the job creates there stays in that group and the worker and API can read it.
-        The script is readable by the job but not writable."""
-        account = self.job_account
-        assert account is not None
-        os.chown(directory, -1, account.pw_gid)
-        directory.chmod(0o2770)
-        os.chown(directory / "script.sh", -1, account.pw_gid)
-        (directory / "script.sh").chmod(0o640)
+        """Open the job directory to JOB_USER without CAP_CHOWN and without the worker joining JOB_USER's
+        group: through its 'other' bits (0777, the script 0644). Only what is already inside can use
+        them: JOB_ROOT above keeps every other user out (the worker refuses to start otherwise, see
+        :func:`closed_to_others`), the job gets the directory as its working directory, and another
+        user's process cannot follow the job's /proc/PID/cwd."""
+        directory.chmod(0o777)
+        (directory / "script.sh").chmod(0o644)
 
 
     @staticmethod

@@ -28,7 +28,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from . import cgroups, failover, keys, placement, procs, reconcile, registry, resources, retention, rqjobs, scripts, spool
 from .config import Settings
 from .jobs import JobState
-from .runner import Runner
+from .runner import Runner, closed_to_others
 from .store import UNREACHABLE, connect, redacted
 from .units import format_memory
 
@@ -282,6 +282,12 @@ def run(settings: Settings, index: int) -> int:
     except OSError as error:
         raise WorkerStartError(f"JOB_ROOT {settings.job_root} is not usable: {error.strerror} "
                                f"({error.filename})", EXIT_JOB_ROOT) from None
+    if settings.job_user and not closed_to_others(settings.job_root):
+        raise WorkerStartError(f"JOB_ROOT {settings.job_root} is open to every user (every directory up to / "
+                               "has the 'other' x bit): with JOB_USER the job directories below it are "
+                               "opened to JOB_USER through their 'other' bits, so JOB_ROOT must keep other "
+                               f"users out: chmod o-rwx {settings.job_root} (conductor apply creates it 0750)",
+                               EXIT_JOB_ROOT)
     connection = connect(settings)
     rq_connection = connect(settings, decode=False)
     scripts.load_all(connection)
@@ -344,17 +350,13 @@ def _check_job_user(name: str) -> None:
     except KeyError:
         raise WorkerStartError(f"JOB_USER={name} does not exist: create it (the installers do), "
                                "or leave JOB_USER empty to run jobs as the worker's own user", 2) from None
-    if os.geteuid() == 0:
-        return
-    if not _has_capabilities(CAP_SETUID, CAP_SETGID, CAP_KILL):
-        raise WorkerStartError(f"JOB_USER={name} needs CAP_SETUID, CAP_SETGID and CAP_KILL in the worker "
+    if os.geteuid() != 0 and not _has_capabilities(CAP_SETUID, CAP_SETGID):
+        raise WorkerStartError(f"JOB_USER={name} needs CAP_SETUID and CAP_SETGID in the worker "
                                "(the rendered systemd unit and supervisord program grant exactly these)", 2)
-    if account.pw_gid not in os.getgroups():
-        raise WorkerStartError(f"JOB_USER={name}: the worker must be a member of its group {account.pw_gid} "
-                               "(the rendered unit and program add it)", 2)
+    procs.signal_jobs_as(account.pw_uid, account.pw_gid)  # stopping jobs needs no CAP_KILL
 
 
-CAP_KILL, CAP_SETGID, CAP_SETUID = 5, 6, 7
+CAP_SETGID, CAP_SETUID = 6, 7
 
 
 def _has_capabilities(*numbers: int) -> bool:

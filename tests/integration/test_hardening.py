@@ -144,7 +144,7 @@ def test_jobs_run_as_job_user_and_cannot_read_the_services_secrets(make_node, tm
     assert "CapEff:\t0000000000000000" in output
     assert "no-environ" in output and "no-config" in output and "no-root" in output
     assert "job-must-not-see-this" not in output and "REDIS_URL" not in output
-    assert (directory / "mine").read_text() == "mine\n" and directory.stat().st_gid == nobody.pw_gid
+    assert (directory / "mine").read_text() == "mine\n" and directory.stat().st_mode & 0o777 == 0o777
     assert node.job(job_id)["state"] == "COMPLETED"
 
 
@@ -167,9 +167,10 @@ def _cmdline(proc: Path) -> bytes:
 @pytest.mark.skipif(os.geteuid() != 0, reason="supervisord must run as root to start workers as SERVICE_USER")
 @pytest.mark.skipif(not CHECKOUT_SHARED, reason=PRIVATE_CHECKOUT)
 def test_under_supervisord_an_unprivileged_worker_runs_jobs_as_job_user(redis_server, tmp_path):
-    """The rendered program starts the worker as SERVICE_USER (here `daemon`) with only CAP_SETUID,
-    CAP_SETGID and CAP_KILL; its jobs run as JOB_USER (`nobody`) with none, and cannot read the
-    configuration (0640 root:SERVICE_USER) or the worker's environment."""
+    """The rendered program starts the worker as SERVICE_USER (here `daemon`) with only CAP_SETUID and
+    CAP_SETGID (no CAP_KILL, in none of JOB_USER's groups); its jobs run as JOB_USER (`nobody`) with
+    none, and cannot read the configuration (0640 root:SERVICE_USER) or the worker's environment.
+    The worker still stops its jobs, as JOB_USER: a time limit and a cancel leave no process."""
     import grp
     import pwd
 
@@ -196,6 +197,10 @@ def test_under_supervisord_an_unprivileged_worker_runs_jobs_as_job_user(redis_se
                        what=f"the worker to register: {supervisord.ctl('tail', 'conductor-worker-1', check=False).stdout}")
             worker_pid = int(client.hget("worker:ju-node-1", "pid"))
             assert os.stat(f"/proc/{worker_pid}").st_uid == service.pw_uid
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{worker_pid}/status").read_text().splitlines()
+                          if ":\t" in line)
+            assert int(status["CapBnd"], 16) == int(status["CapEff"], 16) == 1 << 6 | 1 << 7  # SETGID, SETUID
+            assert str(job_user.pw_gid) not in status["Groups"].split()
             script = (f"#!/bin/bash\nid -u\ngrep CapEff /proc/self/status\ncat {config} || echo no-config\n"
                       "cat /proc/$PPID/environ || echo no-environ\n")
             job_id = int(conductor("submit", "-", config=config, input=script).stdout)
@@ -206,12 +211,42 @@ def test_under_supervisord_an_unprivileged_worker_runs_jobs_as_job_user(redis_se
             assert output.splitlines()[0] == str(job_user.pw_uid), output
             assert "CapEff:\t0000000000000000" in output
             assert "no-config" in output and "no-environ" in output and "not-for-jobs" not in output
-            # The worker can still stop its job's processes (CAP_KILL): a time limit ends it.
+            # The worker stops its job's processes without CAP_KILL (as JOB_USER): a time limit ends one,
+            # a cancel another; neither leaves its sleep behind.
             endless = int(conductor("submit", "-t", "00:00:02", "-", config=config,
                                     input="#!/bin/bash\nsleep 300\n").stdout)
             wait_until(lambda: client.hget(f"conductor:job:{endless}", "state") == "TIMEOUT",
                        what=f"job {endless} to time out")
-            assert not [proc for proc in Path("/proc").glob("[0-9]*") if _cmdline(proc) == b"sleep\x00300\x00"]
+            wait_until(lambda: not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p) == b"sleep\x00300\x00"],
+                       what=f"job {endless}'s sleep to be gone (killed, then exited)")
+            cancelled = int(conductor("submit", "-", config=config,
+                                      input="#!/bin/bash\nsleep 301 &\nsleep 302\n").stdout)
+            wait_until(lambda: [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p) == b"sleep\x00302\x00"],
+                       what=f"job {cancelled} to start its sleeps")
+            conductor("cancel", str(cancelled), config=config)
+            wait_until(lambda: client.hget(f"conductor:job:{cancelled}", "state") == "CANCELLED",
+                       what=f"job {cancelled} to be cancelled")
+            wait_until(lambda: not [p for p in Path("/proc").glob("[0-9]*")
+                                    if _cmdline(p) in (b"sleep\x00301\x00", b"sleep\x00302\x00")],
+                       what=f"job {cancelled}'s processes to be gone")
+    finally:
+        shutil.rmtree(work)
+
+
+def test_with_job_user_a_worker_refuses_a_job_root_open_to_every_user(tmp_path, redis_server):
+    """Job directories are opened to JOB_USER through their 'other' bits; that is safe only while
+    JOB_ROOT keeps other users out, so a JOB_ROOT every user may pass through is refused at start."""
+    work = Path(tempfile.mkdtemp(prefix="conductor-open-root-"))
+    try:
+        work.chmod(0o755)
+        config = write_config(tmp_path / "app.properties", NODE_NAME="n", REDIS_URL=redis_server.url,
+                              JOB_ROOT=work / "jobs", JOB_USER="nobody", ALLOW_ROOT_JOBS=os.geteuid() == 0)
+        (work / "jobs").mkdir(mode=0o755)
+        (work / "jobs").chmod(0o755)
+        result = subprocess.run([CONDUCTOR, "worker", "--index", "1", "--config", str(config)], env=clean_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 7 and "is open to every user" in result.stderr, result.stderr
+        assert f"chmod o-rwx {work / 'jobs'}" in result.stderr
     finally:
         shutil.rmtree(work)
 

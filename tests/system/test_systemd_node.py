@@ -195,6 +195,44 @@ def test_hardening_score_measured_on_the_host(systemd_node: SystemdNode):
     assert gate.returncode == 0, gate.stdout
 
 
+def test_jobs_run_as_job_user_in_the_sandbox_and_are_stopped_without_cap_kill(systemd_node: SystemdNode):
+    """JOB_USER under the rendered unit (CAP_SETUID/CAP_SETGID only, `@setuid capset`): jobs run as
+    conductor-job with no capability and cannot read app.properties; a cancel still ends every
+    process of the job, which the worker signals as conductor-job (it holds no CAP_KILL)."""
+    node = systemd_node
+    try:
+        node.install(2, JOB_USER="conductor-job")
+        node.systemctl("start", "conductor-workers.target")
+        node.wait_registered(range(1, 3))
+        shown = node.show("conductor-worker@1.service", "CapabilityBoundingSet", "AmbientCapabilities")
+        assert shown == {"CapabilityBoundingSet": "cap_setgid cap_setuid", "AmbientCapabilities": "cap_setgid cap_setuid"}
+        scored = node.host.run("systemd-analyze", "security", "--no-pager", "conductor-worker@1.service").stdout
+        figure = float(re.search(r"Overall exposure level for conductor-worker@1\.service: (\d+\.\d+)",
+                                 scored).group(1))  # type: ignore[union-attr]
+        print(f"\nsystemd-analyze security conductor-worker@1.service on the host, JOB_USER set: {figure}")
+        assert figure <= 2.0, scored
+        script = ("#!/bin/bash\nid -un\ngrep CapEff /proc/self/status\n"
+                  f"cat {CONFIG} > /dev/null 2>&1 || echo no-config\necho data > mine && echo wrote-job-dir\n")
+        job_id = node.submit(script, "--cpus-per-task", "1")
+        job = node.wait_state(job_id, "COMPLETED", "FAILED")
+        output = node.output(job_id)
+        assert job["state"] == "COMPLETED", f"{job}\n{output}\n{node.journal()}"
+        assert output.splitlines()[0] == "conductor-job", output
+        for line in ("CapEff:\t0000000000000000", "no-config", "wrote-job-dir"):
+            assert line in output.splitlines(), output
+
+        job_id = node.submit("#!/bin/bash\nsleep 600 &\nsleep 601\n", "--cpus-per-task", "1")
+        node.wait_state(job_id, "RUNNING")
+        node.eventually(lambda: node.job_field(job_id, "pgid"), "the job's process group to be recorded")
+        pgid = int(node.job_field(job_id, "pgid") or 0)
+        node.eventually(lambda: len(node.group_processes(pgid)) >= 2, "the job and its background child")
+        node.host.run(f"{PREFIX}/bin/conductor", "cancel", "--config", CONFIG, str(job_id))
+        node.wait_state(job_id, "CANCELLED")
+        node.eventually(lambda: node.group_processes(pgid) == [], "every process of the cancelled job to be gone")
+    finally:
+        node.install(4)
+
+
 def test_supervisord_mode_and_back(systemd_node: SystemdNode):
     node = systemd_node
     node.ensure(4)
