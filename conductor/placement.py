@@ -17,7 +17,7 @@ from redis import Redis
 from rq import Queue
 
 from . import keys, scripts
-from .rqjobs import PERFORM, SERIALIZER
+from .rqjobs import SERIALIZER, perform
 
 
 
@@ -31,17 +31,21 @@ def place(connection: Redis, rq_connection: Redis) -> list[tuple[int, str]]:
 
 
 def enqueue(rq_connection: Redis, placed: list[tuple[int, str]]) -> None:
-    """Put placed jobs on their nodes' RQ queues, one pipeline for all."""
+    """Put placed jobs on their nodes' RQ queues, one pipeline for all.
+
+    No MULTI/EXEC around it: a job hash queued without its queue entry (or the reverse, should the
+    connection drop in between) is what :func:`requeue_stalled` repairs anyway.
+    """
     by_node: dict[str, list[int]] = defaultdict(list)
     for job_id, node in placed:
         by_node[node].append(job_id)
-    with rq_connection.pipeline() as pipe:
+    with rq_connection.pipeline(transaction=False) as pipe:
         for node, job_ids in by_node.items():
             queue = Queue(keys.queue_name(node), connection=rq_connection, serializer=SERIALIZER)
             queue.enqueue_many(
                 [
                     Queue.prepare_data(
-                        PERFORM,
+                        perform,
                         args=(job_id,),
                         job_id=f"conductor-{job_id}",
                         timeout=-1,  # conductor enforces time limits itself, per job

@@ -132,8 +132,8 @@ class Runner:
         """Note the job's process group and cgroup, so a reaper can kill it if this worker dies."""
         ticks = procs.start_ticks(pid) or ""
         self.attempt = f"{job_id}:{pid}"  # one entry per attempt: a later attempt never hides this one
-        try:
-            with self.connection.pipeline() as pipe:
+        try:  # no MULTI/EXEC: each entry stands on its own, and the finish script drops them
+            with self.connection.pipeline(transaction=False) as pipe:
                 pipe.hset(keys.job(job_id), mapping={"pgid": pid, "pgid_start": ticks, "host": HOST,
                                                      "cgroup": group.relative if group else ""})
                 pipe.hset(keys.node_process_groups(self.node), self.attempt,
@@ -311,7 +311,7 @@ class Runner:
     def _announce_exit(self, process: subprocess.Popen[bytes], control: str) -> None:
         process.wait()
         try:
-            with self.connection.pipeline() as pipe:
+            with self.connection.pipeline(transaction=False) as pipe:
                 pipe.rpush(control, "exit")
                 pipe.expire(control, 60)  # if the job was settled first
                 pipe.execute()

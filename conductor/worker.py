@@ -4,7 +4,8 @@ supervisord or systemd starts, restarts and stops these processes; nothing here 
 Each instance registers ``worker:<NODE>-<N>``, heartbeats on its own thread and runs an RQ
 worker loop on its node's queue. Jobs run straight from the worker process (RQ's SimpleWorker):
 a job is a bash script in its own process group, so forking a Python work-horse per job as RQ's
-default worker does would only add cost.
+default worker does would only add cost. The worker's state (its settings, connections, runner,
+heartbeat and a pending stop) lives on its :class:`ConductorRQWorker` instance.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from loguru import logger
 from redis import Redis
 from redis.client import Pipeline
 from rq.exceptions import StopRequested
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
@@ -40,13 +42,6 @@ EXIT_JOB_ROOT = 7
 STOP_RETRY = 10.0  # how long a stopping worker keeps trying to record a job's end before leaving it spooled
 WAIT_TIMEOUT = 7.0  # read timeout of the runner's wait for a job's control messages (each wait is <= 5 s)
 
-# When a stop was requested (time.monotonic()), set by the signal handler from local state only.
-_stop_at: float | None = None
-
-
-def stopping() -> bool:
-    return _stop_at is not None
-
 
 def _say(level: str, message: str) -> None:
     """Log from a signal handler: loguru refuses (RuntimeError) when the interrupted code was in the
@@ -65,16 +60,45 @@ class WorkerStartError(RuntimeError):
         self.status = status
 
 
-class ConductorRQWorker(SimpleWorker):
-    """RQ's in-process worker, with a second SIGTERM/SIGINT stopping it at once.
+@dataclass
+class Context:
+    """What running conductor's jobs needs from the worker process: set once it has registered."""
 
-    RQ ignores a second signal within one second of the first (meant for worker pools, which
-    forward duplicates); a single supervised process gets no duplicates, so stop on request.
+    settings: Settings
+    index: int
+    connection: Redis
+    rq_connection: Redis
+    runner: Runner
+    heartbeat: registry.Heartbeat
+
+
+class ConductorRQWorker(SimpleWorker):
+    """RQ's in-process worker loop, running conductor's jobs itself; the worker's state lives here.
+
+    A second SIGTERM/SIGINT stops it at once: RQ ignores a second signal within one second of the
+    first (meant for worker pools, which forward duplicates), a single supervised process gets no
+    duplicates.
+
+    conductor's own ledger (Lua, atomic per transition) records every job, so RQ only carries the
+    job to the node: its queue, the worker record and its counts (what ``rq info`` shows) are
+    kept, while RQ's execution records, job registries and result bookkeeping, written only to be
+    deleted again, are not (they were most of Redis's work per job).
     """
 
     max_connection_wait_time = 1.0  # RQ's 60 s would leave a worker idle long after a failover
+    node_name = ""  # where refused jobs are counted
+    context: Context | None = None  # set by run() once the worker has registered
+    stop_at: float | None = None  # when a stop was requested (time.monotonic()), from local state only
 
     _dequeuing = False
+    # RQ refreshes its worker record several times per job, each a separate round trip: one
+    # pipeline per refresh, none when the last one is under a second old and asked no shorter
+    # expiry, and no rewrite of an unchanged state keep what `rq info` shows at a fraction of the cost.
+    _last_beat: tuple[float, int] = (0.0, 0)
+    _suspension_checked = float("-inf")
+
+    def stopping(self) -> bool:
+        return self.stop_at is not None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """Note the stop first, then say so; act on it at the next safe point.
@@ -84,13 +108,12 @@ class ConductorRQWorker(SimpleWorker):
         bookkeeping right after a job's end can swallow; here it is raised only while waiting for
         a job, and otherwise the work loop stops at its next turn.
         """
-        global _stop_at
-        if _stop_at is None:
-            _stop_at = time.monotonic()
+        if self.stop_at is None:
+            self.stop_at = time.monotonic()
         self._stop_requested = True
         signal.signal(signal.SIGINT, self.request_force_stop)
         signal.signal(signal.SIGTERM, self.request_force_stop)
-        busy = _context is not None and _context.heartbeat.job is not None
+        busy = self.context is not None and self.context.heartbeat.job is not None
         _say("INFO", "stop requested: finishing the current job first (signal again to stop now)"
              if busy else "stop requested")
         if self._dequeuing:
@@ -109,12 +132,6 @@ class ConductorRQWorker(SimpleWorker):
         _say("WARNING", "second stop signal: stopping now, the current job ends NODE_FAIL")
         raise SystemExit(1)
 
-    # RQ refreshes its worker record several times per job, each a separate round trip; for
-    # trivial jobs that is most of Redis's work. One pipeline per refresh, none when the last
-    # one is under a second old and asked no shorter expiry, and no rewrite of an unchanged
-    # state keep what `rq info` shows while cutting the per-job cost.
-    _last_beat: tuple[float, int] = (0.0, 0)
-
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         if pipeline is not None:
             return super().heartbeat(timeout, pipeline)
@@ -122,129 +139,193 @@ class ConductorRQWorker(SimpleWorker):
         at, last_ttl = self._last_beat
         if time.monotonic() - at < 1.0 and ttl <= last_ttl:
             return None
-        with self.connection.pipeline() as pipe:
+        with self.connection.pipeline(transaction=False) as pipe:
             super().heartbeat(ttl, pipe)
             pipe.execute()
         self._last_beat = (time.monotonic(), ttl)
         return None
 
-    node_name = ""  # set by run(): where refused jobs are counted
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run only conductor's own job function (see :mod:`conductor.rqjobs`); refuse and count the rest."""
-        why = rqjobs.refusal(job)
-        if why is None:
-            super().execute_job(job, queue)
+    def check_for_suspension(self, burst: bool) -> None:
+        """``rq suspend`` is honoured within a second, without a round trip before every job."""
+        if time.monotonic() - self._suspension_checked < 1.0:
             return
-        logger.warning("refused RQ job {!r} from queue {}: {}; it was deleted without running",
-                       job.id[:200], queue.name, why)
-        with self.connection.pipeline() as pipe:
-            pipe.incr(keys.node_refused_rq_jobs(self.node_name))
-            pipe.delete(job.key)
-            pipe.execute()
+        super().check_for_suspension(burst)
+        self._suspension_checked = time.monotonic()
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         if pipeline is None and state == self._state:
             return
         super().set_state(state, pipeline)
 
-
-@dataclass
-class Context:
-    """What the job function needs from the worker process running it."""
-
-    settings: Settings
-    index: int
-    connection: Redis
-    rq_connection: Redis
-    runner: Runner
-    heartbeat: registry.Heartbeat
-
-
-_context: Context | None = None
-
-
-def perform(job_id: int) -> None:
-    """The RQ job function: claim job ``job_id`` for this worker, run it, record its end."""
-    if _context is None:
-        raise RuntimeError("conductor jobs run only inside `conductor worker`")
-    ctx = _context
-    name = ctx.settings.worker_name(ctx.index)
-    reply = scripts.run(ctx.connection, "start", job_id, name, ctx.settings.node_name)
-    if reply[0] != "run":  # type: ignore[index]
-        logger.info("skipping job {}: {}", job_id, reply[1])  # type: ignore[index]
-        return
-    job = dict(zip(reply[1::2], reply[2::2]))  # type: ignore[index]
-    logger.info("Executing job {} ({}, {} CPUs {}, {})", job_id, job["name"], job["cpus"],
-                job["cpu_ids"] or "-", format_memory(int(job["memory"])))
-    ctx.heartbeat.job = job_id
-    reconcile.MEMORY.started(job)
-    try:
-        outcome = ctx.runner.run(job)
-    except BaseException as error:
-        reason = "worker stopped before the job ended" if isinstance(error, SystemExit) else f"worker error: {error!r}"
-        _finish(ctx, job_id, JobState.NODE_FAIL, None, reason)
-        raise
-    finally:
-        ctx.heartbeat.job = None
-    _finish(ctx, job_id, outcome.state, outcome.exit_code, outcome.reason, outcome.usage)
-    if stopping():
-        # Leave the slot before placing anything: a stopping worker must not be handed a job it
-        # will never claim (jobs already placed on it go back to PENDING in the same step).
-        ctx.heartbeat.stopped.set()
-        try:
-            registry.unregister(ctx.connection, ctx.settings, ctx.index)
-        except UNREACHABLE as error:
-            logger.error("could not leave slot {} (Redis unreachable: {})", ctx.settings.worker_name(ctx.index), error)
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run only conductor's own job function (see :mod:`conductor.rqjobs`); refuse and count the rest."""
+        why = rqjobs.refusal(job)
+        if why is not None:
+            logger.warning("refused RQ job {!r} from queue {}: {}; it was deleted without running",
+                           job.id[:200], queue.name, why)
+            with self.connection.pipeline() as pipe:
+                pipe.incr(keys.node_refused_rq_jobs(self.node_name))
+                pipe.delete(job.key)
+                pipe.execute()
             return
-    placement.place(ctx.connection, ctx.rq_connection)
-
-
-def _finish(ctx: Context, job_id: int, state: JobState, exit_code: int | None, reason: str,
-            usage: cgroups.Usage | None = None) -> None:
-    """Record the end of a job, never losing it and never waiting for Redis past a stop request.
-
-    The end is spooled on local disk first; through a Redis outage the worker keeps trying,
-    unless it has been told to stop: then, after STOP_RETRY more seconds, it leaves and the spool
-    is replayed by the next worker of this node to start (or a sibling's heartbeat) once Redis
-    answers. The stop watchdog ends the process at WORKER_STOP_TIMEOUT whatever it waits for.
-    """
-    name = ctx.settings.worker_name(ctx.index)
-    reconcile.MEMORY.ended(job_id, state, exit_code, reason)
-    code = "" if exit_code is None else exit_code
-    args: list[object] = [job_id, state.value, code, reason, name, ctx.runner.attempt]
-    spooled = spool.write(ctx.settings, job_id, args)
-    delay = 0.1
-    leave_at: float | None = None
-    while True:
+        self.set_state(WorkerStatus.BUSY)
         try:
-            if usage is not None:
-                resources.record_usage(ctx.connection, ctx.settings.node_name, job_id, usage)
-                usage = None  # recorded once, even if the finish below must be retried
-            settled = scripts.run(ctx.connection, "finish", *args)
-            spooled.unlink(missing_ok=True)
-            break
+            self.perform(int(job.args[0]))
+        except Exception:  # the job's end is recorded (or left to the reaper); the worker carries on
+            logger.exception("job {} raised in the worker", job.args[0])
+        self._forget(job, queue)
+
+    def _forget(self, job: Job, queue: Queue) -> None:
+        """Take the done job off RQ's books in one round trip: its hash and its intermediate-queue
+        entry go, the worker's count goes up and it is idle again."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 1, job.id)
+                pipe.delete(job.key)
+                self.increment_successful_job_count(pipeline=pipe)
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+                pipe.execute()
         except UNREACHABLE as error:
-            spool.write(ctx.settings, job_id, args, sync=True)
-            if stopping() and leave_at is None:
-                leave_at = time.monotonic() + STOP_RETRY  # a Redis restart may be just seconds long
-            if leave_at is not None and time.monotonic() >= leave_at:
-                logger.error("cannot record the end of job {} ({}): Redis unreachable ({}); stopping with it "
-                             "kept in {}, recorded when a worker of this node runs again",
-                             job_id, state.value, error, spooled)
+            self._state = ""  # written again before the next job
+            logger.error("could not remove RQ job {} (Redis unreachable: {}); RQ's maintenance removes it",
+                         job.id, error)
+
+    def perform(self, job_id: int) -> None:
+        """Claim job ``job_id`` for this worker, run it, record its end, then place what now fits."""
+        ctx = self.context
+        if ctx is None:
+            raise RuntimeError("conductor jobs run only inside `conductor worker`")
+        name = ctx.settings.worker_name(ctx.index)
+        reply = scripts.run(ctx.connection, "start", job_id, name, ctx.settings.node_name)
+        if reply[0] != "run":  # type: ignore[index]
+            logger.info("skipping job {}: {}", job_id, reply[1])  # type: ignore[index]
+            return
+        job = dict(zip(reply[1::2], reply[2::2]))  # type: ignore[index]
+        logger.info("Executing job {} ({}, {} CPUs {}, {})", job_id, job["name"], job["cpus"],
+                    job["cpu_ids"] or "-", format_memory(int(job["memory"])))
+        ctx.heartbeat.job = job_id
+        reconcile.MEMORY.started(job)
+        try:
+            outcome = ctx.runner.run(job)
+        except BaseException as error:
+            reason = "worker stopped before the job ended" if isinstance(error, SystemExit) else f"worker error: {error!r}"
+            self._finish(job_id, JobState.NODE_FAIL, None, reason)
+            raise
+        finally:
+            ctx.heartbeat.job = None
+        self._finish(job_id, outcome.state, outcome.exit_code, outcome.reason, outcome.usage)
+        if self.stopping():
+            # Leave the slot before placing anything: a stopping worker must not be handed a job it
+            # will never claim (jobs already placed on it go back to PENDING in the same step).
+            ctx.heartbeat.stopped.set()
+            try:
+                registry.unregister(ctx.connection, ctx.settings, ctx.index)
+            except UNREACHABLE as error:
+                logger.error("could not leave slot {} (Redis unreachable: {})", name, error)
                 return
-            logger.error("cannot record the end of job {} ({}): Redis unreachable ({}); retrying in {:.1f} s",
-                         job_id, state.value, error, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    reconcile.confirm_replicated(ctx.connection, job_id)
-    if settled == 2:
-        logger.warning("Job {} requeued ({})", job_id, reason)
-    elif settled:
-        logger.info("Job {} {}{}", job_id, state.value, f" ({reason})" if reason else "")
-    else:
-        logger.warning("job {} had already been settled elsewhere (reaped or cancelled); result {} dropped",
-                       job_id, state.value)
+        placement.place(ctx.connection, ctx.rq_connection)
+
+    def _finish(self, job_id: int, state: JobState, exit_code: int | None, reason: str,
+                usage: cgroups.Usage | None = None) -> None:
+        """Record the end of a job, never losing it and never waiting for Redis past a stop request.
+
+        The end is spooled on local disk first; through a Redis outage the worker keeps trying,
+        unless it has been told to stop: then, after STOP_RETRY more seconds, it leaves and the spool
+        is replayed by the next worker of this node to start (or a sibling's heartbeat) once Redis
+        answers. The stop watchdog ends the process at WORKER_STOP_TIMEOUT whatever it waits for.
+        """
+        ctx = self.context
+        assert ctx is not None
+        name = ctx.settings.worker_name(ctx.index)
+        reconcile.MEMORY.ended(job_id, state, exit_code, reason)
+        code = "" if exit_code is None else exit_code
+        args: list[object] = [job_id, state.value, code, reason, name, ctx.runner.attempt]
+        spooled = spool.write(ctx.settings, job_id, args)
+        delay = 0.1
+        leave_at: float | None = None
+        while True:
+            try:
+                if usage is not None:
+                    resources.record_usage(ctx.connection, ctx.settings.node_name, job_id, usage)
+                    usage = None  # recorded once, even if the finish below must be retried
+                settled = scripts.run(ctx.connection, "finish", *args)
+                spooled.unlink(missing_ok=True)
+                break
+            except UNREACHABLE as error:
+                spool.write(ctx.settings, job_id, args, sync=True)
+                if self.stopping() and leave_at is None:
+                    leave_at = time.monotonic() + STOP_RETRY  # a Redis restart may be just seconds long
+                if leave_at is not None and time.monotonic() >= leave_at:
+                    logger.error("cannot record the end of job {} ({}): Redis unreachable ({}); stopping with it "
+                                 "kept in {}, recorded when a worker of this node runs again",
+                                 job_id, state.value, error, spooled)
+                    return
+                logger.error("cannot record the end of job {} ({}): Redis unreachable ({}); retrying in {:.1f} s",
+                             job_id, state.value, error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        reconcile.confirm_replicated(ctx.connection, job_id)
+        if settled == 2:
+            logger.warning("Job {} requeued ({})", job_id, reason)
+        elif settled:
+            logger.info("Job {} {}{}", job_id, state.value, f" ({reason})" if reason else "")
+        else:
+            logger.warning("job {} had already been settled elsewhere (reaped or cancelled); result {} dropped",
+                           job_id, state.value)
+
+    def tick(self) -> None:
+        """The heartbeat's periodic duties beyond the record itself."""
+        ctx = self.context
+        if ctx is None:
+            return
+        settings = ctx.settings
+        spool.replay(ctx.connection, settings)
+        try:  # before orphans are judged; a failing repair must not stop the node's other duties
+            reconcile.reassert(ctx.connection, settings, settings.worker_name(ctx.index))
+        except UNREACHABLE:
+            raise
+        except Exception:
+            logger.exception("reconciliation failed; it runs again on the next heartbeat")
+        if not failover.EPOCH.settling(settings.heartbeat_ttl):  # a worker not yet re-registered is not dead
+            registry.kill_orphans(ctx.connection, settings.node_name)
+        placement.requeue_stalled(ctx.connection, ctx.rq_connection, settings.node_name, 2 * settings.heartbeat_ttl)
+        lease = int(settings.heartbeat_interval * 4000)  # one worker of the node, every few beats
+        if ctx.connection.set(keys.node_cleanup(settings.node_name), ctx.index, nx=True, px=lease):
+            retention.remove_directories(ctx.connection, settings.job_root)
+        if ctx.heartbeat.job is not None:
+            self.heartbeat()  # keep RQ's record of a worker busy with a long job alive
+
+    def sweep(self) -> None:
+        """The cluster's maintenance, run by one worker at a time: placement's safety pass, retention."""
+        ctx = self.context
+        if ctx is None:
+            return
+        placement.place(ctx.connection, ctx.rq_connection)
+        retention.expire(ctx.connection, ctx.settings)
+
+    def stop_watchdog(self, settings: Settings) -> None:
+        """Make a stop requested by supervisord or systemd end within WORKER_STOP_TIMEOUT, Redis or not.
+
+        Shortly before the supervisor's own SIGKILL would come, a job still running ends NODE_FAIL
+        (spooled: Redis may be gone) and its processes are killed; then the process leaves, even if
+        its main thread is stuck waiting for Redis. Spooled outcomes are replayed by the next worker.
+        """
+        margin = min(5.0, settings.worker_stop_timeout / 5)
+        while self.stop_at is None or time.monotonic() < self.stop_at + settings.worker_stop_timeout - margin:
+            time.sleep(0.2)
+        ctx = self.context
+        if ctx is not None and ctx.heartbeat.job is not None:
+            job_id = ctx.heartbeat.job
+            spool.write(settings, job_id, [job_id, JobState.NODE_FAIL.value, "", "worker stop timeout reached "
+                        "before the job ended", settings.worker_name(ctx.index), ctx.runner.attempt], sync=True)
+            if ctx.runner.attempt:
+                procs.signal_group(int(ctx.runner.attempt.split(":")[1]), signal.SIGKILL)
+            _say("ERROR", f"WORKER_STOP_TIMEOUT ({settings.worker_stop_timeout} s) nearly reached: job {job_id} "
+                 "killed and spooled as NODE_FAIL; leaving")
+        else:
+            _say("ERROR", f"WORKER_STOP_TIMEOUT ({settings.worker_stop_timeout} s) nearly reached while waiting "
+                 "for Redis; leaving (spooled job ends are recorded when a worker of this node runs again)")
+        os._exit(0)
 
 
 def banner(settings: Settings, index: int) -> None:
@@ -259,7 +340,6 @@ def banner(settings: Settings, index: int) -> None:
 
 def run(settings: Settings, index: int) -> int:
     """The seed's per-worker routine; returns the process exit status."""
-    global _context
     banner(settings, index)
     if os.geteuid() == 0 and not settings.allow_root_jobs:
         raise WorkerStartError(
@@ -312,14 +392,13 @@ def run(settings: Settings, index: int) -> int:
         serializer=rqjobs.SERIALIZER,
     )
     rq_worker.node_name = settings.node_name
-    heartbeat = registry.Heartbeat(connection, settings, index, tick=lambda: _tick(settings, rq_worker),
-                                   sweep=lambda: _sweep(settings, connection, rq_connection))
-    _context = Context(settings, index, connection, rq_connection,
-                       Runner(connection, settings.job_root, settings.node_name, name, containment,
-                              settings.job_pids_max, settings.max_output_size, settings.job_user,
-                              waiter=connect(settings, socket_timeout=WAIT_TIMEOUT, retries=0)), heartbeat)
+    heartbeat = registry.Heartbeat(connection, settings, index, tick=rq_worker.tick, sweep=rq_worker.sweep)
+    rq_worker.context = Context(settings, index, connection, rq_connection,
+                                Runner(connection, settings.job_root, settings.node_name, name, containment,
+                                       settings.job_pids_max, settings.max_output_size, settings.job_user,
+                                       waiter=connect(settings, socket_timeout=WAIT_TIMEOUT, retries=0)), heartbeat)
     heartbeat.start()
-    threading.Thread(target=_stop_watchdog, args=(settings,), name="stop-watchdog", daemon=True).start()
+    threading.Thread(target=rq_worker.stop_watchdog, args=(settings,), name="stop-watchdog", daemon=True).start()
     logger.info("worker {} registered (pid {}); RQ worker {}", name, os.getpid(), rq_worker.name)
     try:
         placement.place(connection, rq_connection)
@@ -332,15 +411,9 @@ def run(settings: Settings, index: int) -> int:
             logger.error("could not unregister {} (Redis unreachable: {}); it expires by itself", name, error)
         connection.close()
         rq_connection.close()
-        _context = None
+        rq_worker.context = None
         logger.info("worker {} stopped", name)
     return 0
-
-
-def _sweep(settings: Settings, connection: Redis, rq_connection: Redis) -> None:
-    """The cluster's maintenance, run by one worker at a time: placement's safety pass, retention."""
-    placement.place(connection, rq_connection)
-    retention.expire(connection, settings)
 
 
 def _check_job_user(name: str) -> None:
@@ -365,51 +438,3 @@ def _has_capabilities(*numbers: int) -> bool:
         line = next(line for line in status if line.startswith("CapEff:"))
     effective = int(line.split()[1], 16)
     return all(effective >> number & 1 for number in numbers)
-
-
-def _tick(settings: Settings, rq_worker: ConductorRQWorker) -> None:
-    """The heartbeat's periodic duties beyond the record itself."""
-    ctx = _context
-    if ctx is None:
-        return
-    spool.replay(ctx.connection, settings)
-    try:  # before orphans are judged; a failing repair must not stop the node's other duties
-        reconcile.reassert(ctx.connection, settings, settings.worker_name(ctx.index))
-    except UNREACHABLE:
-        raise
-    except Exception:
-        logger.exception("reconciliation failed; it runs again on the next heartbeat")
-    if not failover.EPOCH.settling(settings.heartbeat_ttl):  # a worker not yet re-registered is not dead
-        registry.kill_orphans(ctx.connection, settings.node_name)
-    placement.requeue_stalled(ctx.connection, ctx.rq_connection, settings.node_name, 2 * settings.heartbeat_ttl)
-    lease = int(settings.heartbeat_interval * 4000)  # one worker of the node, every few beats
-    if ctx.connection.set(keys.node_cleanup(settings.node_name), ctx.index, nx=True, px=lease):
-        retention.remove_directories(ctx.connection, settings.job_root)
-    job, execution = rq_worker.get_current_job(), rq_worker.execution
-    if job is not None and execution is not None:
-        rq_worker.maintain_heartbeats(job, execution)  # keep RQ's view of a long job alive
-
-
-def _stop_watchdog(settings: Settings) -> None:
-    """Make a stop requested by supervisord or systemd end within WORKER_STOP_TIMEOUT, Redis or not.
-
-    Shortly before the supervisor's own SIGKILL would come, a job still running ends NODE_FAIL
-    (spooled: Redis may be gone) and its processes are killed; then the process leaves, even if
-    its main thread is stuck waiting for Redis. Spooled outcomes are replayed by the next worker.
-    """
-    margin = min(5.0, settings.worker_stop_timeout / 5)
-    while _stop_at is None or time.monotonic() < _stop_at + settings.worker_stop_timeout - margin:
-        time.sleep(0.2)
-    ctx = _context
-    if ctx is not None and ctx.heartbeat.job is not None:
-        job_id = ctx.heartbeat.job
-        spool.write(settings, job_id, [job_id, JobState.NODE_FAIL.value, "", "worker stop timeout reached before "
-                    "the job ended", settings.worker_name(ctx.index), ctx.runner.attempt], sync=True)
-        if ctx.runner.attempt:
-            procs.signal_group(int(ctx.runner.attempt.split(":")[1]), signal.SIGKILL)
-        _say("ERROR", f"WORKER_STOP_TIMEOUT ({settings.worker_stop_timeout} s) nearly reached: job {job_id} "
-             "killed and spooled as NODE_FAIL; leaving")
-    else:
-        _say("ERROR", f"WORKER_STOP_TIMEOUT ({settings.worker_stop_timeout} s) nearly reached while waiting for "
-             "Redis; leaving (spooled job ends are recorded when a worker of this node runs again)")
-    os._exit(0)
