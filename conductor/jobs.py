@@ -169,7 +169,14 @@ class JobSubmission(BaseModel):
 
 
 def largest_node(connection: Redis) -> tuple[int, int]:
-    """The most CPUs and the most memory any registered node offers."""
+    """The most CPUs and the most memory any registered node offers.
+
+    One read of what nodes last declared (:data:`keys.LARGEST_NODE`); every node is read only when
+    that is missing (books written by an older release).
+    """
+    cpus, memory = connection.hmget(keys.LARGEST_NODE, "cpus", "memory")
+    if cpus is not None and memory is not None:
+        return int(cpus), int(memory)
     names = sorted(connection.smembers(keys.NODES))
     with connection.pipeline(transaction=False) as pipe:
         for name in names:

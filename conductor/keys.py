@@ -14,6 +14,14 @@ JOBS = PREFIX + "jobs"  # sorted set of every job id, score = id
 NODES = PREFIX + "nodes"  # set of node names that ever registered
 WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
 MAINTENANCE = PREFIX + "maintenance"  # short lease: one worker per heartbeat interval reaps and places
+# Set of the nodes that may have a free worker slot: a placement looks only at these, so its cost
+# does not grow with the cluster. Whatever may free a slot adds the node (a job's resources released,
+# a worker registering, a node declared or resumed); a placement drops the nodes it finds full;
+# the heartbeat's safety pass looks at every node and rebuilds the set.
+OPEN_NODES = PREFIX + "open-nodes"
+# Hash: the most CPUs and memory any node offers (``cpus``, ``memory``), rewritten whenever a node
+# declares its totals, so a submission is checked in one read whatever the number of nodes.
+LARGEST_NODE = PREFIX + "largest-node"
 PENDING_CLASSES = PREFIX + "pending-classes"  # set of "<cpus>:<memory>:<partition>" classes with placeable pending jobs
 # Hash: Redis time of the last heartbeat from anyone, and until when nobody may reap. A silence
 # longer than HEARTBEAT_TTL is an outage (Redis paused or restarted): records expired without their

@@ -59,4 +59,8 @@ def drain(connection: Redis, name: str, reason: str, by: str) -> dict[str, str]:
 def resume(connection: Redis, name: str) -> bool:
     """Return ``name`` to service; False when it was not drained."""
     _known(connection, name)
-    return bool(connection.delete(keys.node_drain(name)))
+    with connection.pipeline() as pipe:
+        pipe.delete(keys.node_drain(name))
+        pipe.sadd(keys.OPEN_NODES, name)  # placement looks at it again
+        resumed, _ = pipe.execute()
+    return bool(resumed)

@@ -21,9 +21,13 @@ from .rqjobs import SERIALIZER, perform
 
 
 
-def place(connection: Redis, rq_connection: Redis) -> list[tuple[int, str]]:
-    """Allocate what fits now and queue it on the chosen nodes; returns (job id, node) pairs."""
-    reply = scripts.run(connection, "place")
+def place(connection: Redis, rq_connection: Redis, full: bool = False) -> list[tuple[int, str]]:
+    """Allocate what fits now and queue it on the chosen nodes; returns (job id, node) pairs.
+
+    A pass looks only at the nodes that may have a free slot (:data:`keys.OPEN_NODES`); ``full``
+    looks at every node and rebuilds that set (the heartbeat's safety pass).
+    """
+    reply = scripts.run(connection, "place", "full" if full else "")
     placed = [(int(job_id), node) for job_id, node in zip(reply[::2], reply[1::2])]  # type: ignore[index]
     if placed:
         enqueue(rq_connection, placed)

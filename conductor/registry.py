@@ -58,6 +58,7 @@ def register(connection: Redis, settings: Settings, index: int, job: int | None 
         pipe.sadd(keys.WORKERS, name)
         pipe.sadd(keys.node_workers(settings.node_name), name)
         pipe.sadd(keys.NODES, settings.node_name)
+        pipe.sadd(keys.OPEN_NODES, settings.node_name)  # a slot more for placement to look at
         pipe.hset(keys.node_worker_processes(settings.node_name), name,
                   f"{HOST} {procs.BOOT} {record['pid']} {record['pid_start']}")
         pipe.execute()

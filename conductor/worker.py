@@ -300,7 +300,7 @@ class ConductorRQWorker(SimpleWorker):
         ctx = self.context
         if ctx is None:
             return
-        placement.place(ctx.connection, ctx.rq_connection)
+        placement.place(ctx.connection, ctx.rq_connection, full=True)
         retention.expire(ctx.connection, ctx.settings)
 
     def stop_watchdog(self, settings: Settings) -> None:

@@ -17,6 +17,15 @@ end
 redis.call('HSET', node_key(name), 'name', name, 'total_cpus', total_cpus, 'total_memory', total_memory,
   'allocated_cpus', cpus, 'allocated_memory', memory, 'partitions', ARGV[4] or '')
 redis.call('SADD', NODES, name)
+redis.call('SADD', OPEN_NODES, name)
+-- The largest node, for checking submissions in one read (totals change only here).
+local most_cpus, most_memory = 0, 0
+for _, node in ipairs(redis.call('SMEMBERS', NODES)) do
+  local n = redis.call('HMGET', node_key(node), 'total_cpus', 'total_memory')
+  most_cpus = math.max(most_cpus, tonumber(n[1] or 0))
+  most_memory = math.max(most_memory, tonumber(n[2] or 0))
+end
+redis.call('HSET', LARGEST_NODE, 'cpus', most_cpus, 'memory', most_memory)
 -- The per-class index of pending jobs heals the same way (a release without it left none).
 if redis.call('EXISTS', PENDING_CLASSES) == 0 then
   for _, id in ipairs(redis.call('ZRANGE', state_key('PENDING'), 0, -1)) do pending_add(id) end

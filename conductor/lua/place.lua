@@ -4,11 +4,17 @@
 -- Pending jobs are indexed per class (cpus:memory:partition): each step looks at the oldest job of
 -- every class that fits some node, so a job that fits is found behind any backlog of jobs that
 -- do not, and the cost per placed job depends on the numbers of classes and nodes, not the backlog.
+-- ARGV[1] 'full' (the heartbeat's safety pass) looks at every node and rebuilds OPEN_NODES; any
+-- other pass looks only at the nodes in it, so its cost does not grow with the cluster.
+local full = ARGV[1] == 'full'
 local candidates = {}
 local open_slots = 0
-for _, name in ipairs(redis.call('SMEMBERS', NODES)) do
+for _, name in ipairs(redis.call('SMEMBERS', full and NODES or OPEN_NODES)) do
   local slots = redis.call('SCARD', node_workers_key(name)) - redis.call('SCARD', running_key(name))
-  if slots > 0 and redis.call('EXISTS', node_drain_key(name)) == 0 then  -- a drained node takes no new jobs
+  if slots <= 0 or redis.call('EXISTS', node_drain_key(name)) == 1 then  -- a drained node takes no new jobs
+    redis.call('SREM', OPEN_NODES, name)
+  else
+    if full then redis.call('SADD', OPEN_NODES, name) end
     local n = redis.call('HMGET', node_key(name), 'total_memory', 'allocated_memory', 'total_cpus', 'allocated_cpus', 'partitions')
     -- After TOTAL_CPUS was lowered, running jobs may hold more than the new total: the
     -- difference, not the free-id set alone, bounds what may be allocated.
@@ -89,6 +95,7 @@ while open_slots > 0 do
   redis.call('HSET', job_key(id), 'node', best.name, 'cpu_ids', table.concat(ids, ','),
     'started_at', started, 'worker', '')
   best.slots, best.cpus, best.memory = best.slots - 1, best.cpus - cpus, best.memory - memory
+  if best.slots == 0 then redis.call('SREM', OPEN_NODES, best.name) end
   open_slots = open_slots - 1
   table.insert(placed, id)
   table.insert(placed, best.name)

@@ -257,6 +257,7 @@ local function release(id)
   local j = redis.call('HMGET', job_key(id), 'node', 'cpu_ids', 'cpus', 'memory')
   local node = j[1]
   if redis.call('SREM', running_key(node), id) == 0 then return end
+  redis.call('SADD', OPEN_NODES, node)  -- a slot is free again
   local total = tonumber(redis.call('HGET', node_key(node), 'total_cpus') or 0)
   for cpu in string.gmatch(j[2] or '', '%d+') do
     if tonumber(cpu) < total then redis.call('ZADD', free_cpus_key(node), cpu, cpu) end

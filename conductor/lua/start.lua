@@ -14,7 +14,7 @@ end
 -- A worker whose record expired (and may have been reaped) claims in its own name: it is listed
 -- again, so that if it dies before it re-registers, the reaper still finds it and the job.
 redis.call('SADD', WORKERS, worker)
-redis.call('SADD', node_workers_key(node), worker)
+if redis.call('SADD', node_workers_key(node), worker) == 1 then redis.call('SADD', OPEN_NODES, node) end
 local fields = redis.call('HGETALL', job_key(id))
 table.insert(fields, 1, 'run')
 return fields
