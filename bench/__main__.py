@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .infra import REPO
+from .infra import REPO, compile_conductor
 from .report import table, targets, write
 from .run import FULL, QUICK, run
 
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[bench {time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
+    compile_conductor()
     try:
         results = run(size, workdir, say)
     finally:

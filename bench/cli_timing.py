@@ -29,7 +29,7 @@ from conductor import jobs, keys, placement, scripts
 from conductor.jobs import JobSpec, JobState, JobSubmission
 from conductor.store import connect
 
-from .infra import BIN, BenchError, RedisServer, clean_env
+from .infra import BIN, BenchError, RedisServer, clean_env, compile_conductor
 
 NODES = 16
 SLOTS = 4
@@ -180,6 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cli_timing", description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=15)
     args = parser.parse_args()
+    compile_conductor()
     root = Path(tempfile.mkdtemp(prefix="conductor-cli-bench-"))
     try:
         print(table(cli_timings(root, args.samples)))

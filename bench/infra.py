@@ -172,3 +172,18 @@ class Supervisord:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def compile_conductor() -> None:
+    """Write conductor's bytecode (``__pycache__``) before anything is measured.
+
+    An installed node has it: pip compiles a package when it installs it. A checkout installed in
+    editable mode gets it only when a process may write it, and with PYTHONDONTWRITEBYTECODE set
+    (as on some shared machines) every conductor process (each worker, each command) would compile
+    its modules from source at every start, which RQ's processes, installed by pip, never do. The
+    figures are of an installed node, so the benchmark compiles first, as pip would.
+    """
+    import compileall
+
+    if not compileall.compile_dir(str(REPO / "conductor"), quiet=1):
+        raise BenchError(f"could not compile {REPO / 'conductor'}")

@@ -342,7 +342,9 @@ All systems log at WARNING.
   (wall clock and the child's user + system CPU), in turns so that load from other processes
   falls on all alike, median of the turns. 16 nodes with 4 worker slots each hold 10,000
   COMPLETED jobs; each timed submit is placed at once (so it pays for the enqueue into RQ) and
-  its job ended again before the next turn.
+  its job ended again before the next turn. Before anything is measured, conductor's modules are
+  compiled to bytecode, as pip does when it installs a package (RQ's always are): without it,
+  every conductor process of the run would compile them again where PYTHONDONTWRITEBYTECODE is set.
 """
 
 

@@ -32,4 +32,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[api,test,bench]'
+# Bytecode for the checkout's package, as pip writes it for an installed one: an editable install
+# has none, and where PYTHONDONTWRITEBYTECODE is set every worker and command would otherwise
+# compile conductor's modules again at each start.
+.venv/bin/python -m compileall -q conductor
 touch .venv/.installed
