@@ -1,13 +1,7 @@
-"""Node settings: ``app.properties``, environment on top, validated by one pydantic model.
+"""Node settings: ``app.properties`` read through pydantic-settings, environment on top.
 
 Every process of a node (each worker, the API, the generator) reads the same file, so an error
 in it must be reported once, precisely (file, line, key, reason) and before anything is written.
-
-:class:`Settings` is a plain pydantic model that gathers its own values (arguments, else the
-environment, else the file) before its validators run. pydantic-settings did that gathering
-before; of it only its environment lookup was used (the file was a source of our own), and it
-cost every worker about 3 MiB and every command 40-50 ms of start-up to import (its dotenv,
-command-line and cloud-secret sources come along). The rules stay in one place, the model.
 """
 
 from __future__ import annotations
@@ -22,11 +16,12 @@ from urllib.parse import urlsplit
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .redaction import has_password, redacted
 from .units import format_memory, parse_duration, parse_memory
@@ -101,32 +96,37 @@ def parse_properties(path: Path) -> dict[str, tuple[str, int]]:
 _config_path: ContextVar[Path | None] = ContextVar("conductor_config_path", default=None)
 
 
-def file_values(fields: Iterable[str]) -> dict[str, str]:
-    """The values of the app.properties file chosen by :func:`load_settings`, by field name; an
-    unknown key is an error naming its line, with the nearest known key as a suggestion."""
-    path = _config_path.get()
-    if path is None:
-        return {}
-    values = parse_properties(path)
-    known = {name.upper(): name for name in fields}
-    for key, (_, line) in values.items():
-        if key not in known:
-            hint = difflib.get_close_matches(key.upper(), sorted(known), n=1)
-            suggestion = f"; did you mean {hint[0]}?" if hint else ""
-            raise ConfigError(f"{path}:{line}: {key}: unknown key{suggestion}")
-    return {known[key]: value for key, (value, _) in values.items()}
+class PropertiesSource(PydanticBaseSettingsSource):
+    """Feeds the values of the app.properties file chosen by :func:`load_settings` to pydantic."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = _config_path.get()
+        self.values = parse_properties(path) if path else {}
+        self.path = path
+        known = {name.upper() for name in settings_cls.model_fields}
+        for key, (_, line) in self.values.items():
+            if key not in known:
+                hint = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+                suggestion = f"; did you mean {hint[0]}?" if hint else ""
+                raise ConfigError(f"{path}:{line}: {key}: unknown key{suggestion}")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        entry = self.values.get(field_name.upper())
+        return (entry[0] if entry else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name: self.values[name.upper()][0]
+            for name in self.settings_cls.model_fields
+            if name.upper() in self.values
+        }
 
 
-def environment_values(fields: Iterable[str]) -> dict[str, str]:
-    """Environment variables named as fields, in any case (``NODE_NAME``, ``node_name``)."""
-    environment = {name.lower(): value for name, value in os.environ.items()}
-    return {name: environment[name] for name in fields if name in environment}
-
-
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """One node's configuration; field names are the app.properties keys in lower case."""
 
-    model_config = ConfigDict(extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
 
     node_name: str = Field(default_factory=socket.gethostname)
     total_cpus: int = Field(default_factory=_host_cpus, ge=1, le=65536)
@@ -164,14 +164,16 @@ class Settings(BaseModel):
     job_user: str = ""
     _source: Path | None = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
     @classmethod
-    def _gather(cls, given: Any) -> Any:
-        """Each value from the first place that has it: the arguments, the environment, the file."""
-        if not isinstance(given, dict):
-            return given
-        fields = list(cls.model_fields)
-        return {**file_values(fields), **environment_values(fields), **given}
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, PropertiesSource(settings_cls)
 
     @field_validator("node_name")
     @classmethod

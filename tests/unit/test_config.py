@@ -192,17 +192,6 @@ def test_environment_beats_file_beats_default(isolated):
     assert shown["HEARTBEAT_INTERVAL"] == "5.0" and shown["HEARTBEAT_TTL"] == "15.0"
 
 
-def test_arguments_beat_environment_in_any_case_beats_file(isolated, monkeypatch):
-    """The settings model gathers its own values: an argument first, then an environment variable
-    named as the key in any case (as pydantic-settings matched them), then the file."""
-    path = write(isolated / "app.properties", "TOTAL_CPUS=4\nNODE_NAME=from-file\nWORKER_CONCURRENCY=2\n")
-    monkeypatch.setenv("node_name", "from-env")
-    monkeypatch.setenv("Total_Cpus", "9")
-    settings = load_settings(path, total_cpus=11)
-    assert (settings.total_cpus, settings.node_name, settings.worker_concurrency) == (11, "from-env", 2)
-    assert Settings().node_name == "from-env"  # constructed directly, the environment still counts
-
-
 def test_config_option_beats_environment_variable_beats_cwd_file(isolated):
     explicit = write(isolated / "a" / "app.properties", "NODE_NAME=explicit\n")
     from_env = write(isolated / "b" / "app.properties", "NODE_NAME=from-env\n")

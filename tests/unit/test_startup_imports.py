@@ -2,9 +2,8 @@
 
 Every module a worker imports costs each worker its memory for as long as it runs and delays its
 start after a crash; every module a command imports delays the user at the shell. So a worker
-loads neither the HTTP API, nor the renderer's templates, nor pydantic-settings (the settings
-model gathers its own values), and the job commands do not load the worker's loop. Each check
-runs in a fresh interpreter, the way the process starts.
+loads neither the HTTP API nor the renderer's templates, and the job commands do not load the
+worker's loop. Each check runs in a fresh interpreter, the way the process starts.
 """
 
 from __future__ import annotations
@@ -23,10 +22,10 @@ def loaded(*modules: str) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-def test_a_worker_loads_neither_the_api_nor_the_renderer_nor_pydantic_settings():
+def test_a_worker_loads_neither_the_api_nor_the_renderer():
     found = loaded("conductor.cli", "conductor.worker", "conductor.config")
     assert "conductor.worker" in found
-    unwanted = {"fastapi", "starlette", "uvicorn", "prometheus_client", "jinja2", "pydantic_settings", "dotenv",
+    unwanted = {"fastapi", "starlette", "uvicorn", "prometheus_client", "jinja2",
                 "conductor.converge", "conductor.metrics"}
     assert not unwanted & found, sorted(unwanted & found)
 
