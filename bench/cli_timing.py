@@ -13,7 +13,8 @@ with ``submit``, placed with the real ``placement.place`` and ended with ``finis
 
 The commands are run in turns (submit, enqueue, jobs, show, nodes, then again) so that load
 from other processes falls on all of them alike; each figure is the median of its samples,
-wall-clock and CPU (user + system of the child process).
+wall-clock and CPU (user + system of the child process). A bare ``python -c 'import redis'`` is
+timed in the same turns: the floor under any Python client of Redis.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class CliCluster:
             "conductor jobs": [conductor, "jobs", *config],
             "conductor show": [conductor, "show", *config, str(shown)],
             "conductor nodes": [conductor, "nodes", *config],
+            # What any Python client of Redis pays before its first command (redis-py imports its
+            # asyncio client too, whatever the caller uses): the floor under both programs.
+            "floor: python -c 'import redis'": [str(BIN / "python"), "-c", "import redis"],
         }
 
     def after(self, name: str, output: bytes) -> None:
