@@ -183,8 +183,9 @@ def _array_items(text: str, max_array_size: int) -> tuple[list[tuple[int, int, i
         step = int(match[3]) if match[3] is not None else 1
         if end < start:
             raise ArrayError(f"{item!r}: the range ends before it starts")
-        if end >= max_array_size:
-            raise ArrayError(f"{item!r}: index {end} is over the limit (MAX_ARRAY_SIZE={max_array_size}: "
+        last = start + (end - start) // step * step  # 1-6:2 ends at 5: the indices count, not the bound written
+        if last >= max_array_size:
+            raise ArrayError(f"{item!r}: index {last} is over the limit (MAX_ARRAY_SIZE={max_array_size}: "
                              f"indices 0..{max_array_size - 1})")
         items.append((start, end, step))
     return items, limit

@@ -125,3 +125,10 @@ def test_the_pending_part_is_shown_as_squeue_does():
     assert remaining(parse_array("0-15:4", 1001), 1, 4, set()) == "4-12:4"
     assert remaining(parse_array("0-15:4", 1001), 1, 8, set()) == "8,12"
     assert remaining(parse_array("1,3", 1001), 2, 0, set()) == ""
+
+
+def test_a_stepped_range_is_judged_by_its_last_index_not_the_bound_written():
+    """819-956:2 ends at 955: below MAX_ARRAY_SIZE=956 (found by the property test above)."""
+    assert parse_array("819-956:2", 956).indices()[-1] == 955
+    with pytest.raises(ArrayError, match="index 956 is over the limit"):
+        parse_array("820-956:2", 956)
