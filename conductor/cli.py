@@ -194,7 +194,7 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
         raise Failure("\n".join(_describe(e) for e in error.errors()), 2) from None
     connection, rq_connection = _connections(settings)
     job_id = partitions_module.submit(connection, submission, settings.allow_unknown_partitions,
-                                      settings.max_array_size)
+                                      settings.max_array_size, settings.kill_invalid_depend)
     placement.place(connection, rq_connection)
     click.echo(job_id)
 

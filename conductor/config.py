@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = ""
     redis_sentinel_password: SecretStr = SecretStr("")
     max_array_size: int = Field(default=1001, ge=1, le=4_000_001)  # array indices 0..N-1 (Slurm's MaxArraySize)
+    # Slurm's kill_invalid_depend: a job whose dependency can never be met is cancelled instead of
+    # held PENDING (DependencyNeverSatisfied); recorded in each job at submit, so one rule holds
+    # wherever its parent ends.
+    kill_invalid_depend: bool = False
     api_allow_anonymous: bool = False
     max_output_size: int = Field(default=1 << 30, gt=0)
     job_user: str = ""

@@ -187,8 +187,13 @@ def largest_node(connection: Redis) -> tuple[int, int]:
     return cpus, memory
 
 
-def submit(connection: Redis, submission: JobSubmission, max_array_size: int = 1001) -> int:
-    """Store ``submission`` as a PENDING job and return its id, or raise :class:`JobRejected`."""
+def submit(connection: Redis, submission: JobSubmission, max_array_size: int = 1001,
+           kill_invalid_depend: bool = False) -> int:
+    """Store ``submission`` as a PENDING job and return its id, or raise :class:`JobRejected`.
+
+    ``kill_invalid_depend`` (the setting KILL_INVALID_DEPEND) is kept with the job: should its
+    dependency become impossible, the Lua transition that finds out cancels it instead of holding it.
+    """
     spec = submission.job
     max_cpus, max_memory = largest_node(connection)
     if max_cpus == 0:
@@ -232,6 +237,7 @@ def submit(connection: Redis, submission: JobSubmission, max_array_size: int = 1
         "ended_at": "",
         "dependency": spec.dependency or "",
         "dependency_state": "",
+        "kill_invalid_depend": int(kill_invalid_depend),
         "array": str(array) if array else "",
         "array_job_id": "",
         "array_task_id": "",

@@ -104,7 +104,8 @@ def annotate(connection: Redis, rows: list[dict[str, Any]]) -> list[dict[str, An
     return rows
 
 
-def submit(connection: Redis, submission: JobSubmission, allow_unknown: bool, max_array_size: int = 1001) -> int:
+def submit(connection: Redis, submission: JobSubmission, allow_unknown: bool, max_array_size: int = 1001,
+           kill_invalid_depend: bool = False) -> int:
     """:func:`jobs.submit` after refusing a partition no registered node serves (CLI and API alike)."""
     names = sorted(connection.smembers(keys.NODES))
     with connection.pipeline(transaction=False) as pipe:
@@ -113,4 +114,4 @@ def submit(connection: Redis, submission: JobSubmission, allow_unknown: bool, ma
         served = [[p for p in (value or "").split(",") if p] for value in pipe.execute()]
     if served:  # with no node at all, jobs.submit says so
         check(served, submission.job.partition, allow_unknown)
-    return jobs.submit(connection, submission, max_array_size)
+    return jobs.submit(connection, submission, max_array_size, kill_invalid_depend)

@@ -19,13 +19,7 @@ if index ~= '' then
   return {'skipped'}
 end
 if array_done(key) then return {'final'} end  -- every task has ended: nothing left to cancel
-if redis.call('HGET', key, 'cancelled') ~= '1' then
-  local a = redis.call('HMGET', key, 'count', 'materialized')
-  local left = tonumber(a[1]) - tonumber(a[2]) - redis.call('SCARD', key .. ARRAY_SKIP_SUFFIX)
-  redis.call('HSET', key, 'cancelled', 1)
-  for _, field in ipairs({'ended', 'bad', 'begun'}) do redis.call('HINCRBY', key, field, left) end
-  notify_dependents(ARGV[1], array_done(key))
-end
+cancel_array_rest(ARGV[1])
 local reply = redis.call('ZRANGE', key .. ARRAY_TASKS_SUFFIX, 0, -1)
 table.insert(reply, 1, 'tasks')
 return reply

@@ -118,8 +118,13 @@ local function dependency_met(id, dependency)
   return 'no'
 end
 
+-- Defined below (a dependency that can never be met may cancel its job).
+local settle, cancel_array_rest
+
 -- A PENDING job waiting on its dependency becomes placeable once it is met, and stays PENDING
--- with reason DependencyNeverSatisfied once it cannot be (as Slurm).
+-- with reason DependencyNeverSatisfied once it cannot be (as Slurm); a job submitted under
+-- KILL_INVALID_DEPEND (Slurm's kill_invalid_depend) is cancelled instead, with the part of its
+-- array not yet materialised, which shares its dependency.
 local function update_dependency(id)
   local j = redis.call('HMGET', job_key(id), 'state', 'dependency_state', 'dependency')
   if j[1] ~= 'PENDING' or j[2] ~= 'waiting' then return end
@@ -129,6 +134,11 @@ local function update_dependency(id)
     pending_add(id)
   elseif met == 'never' then
     redis.call('HSET', job_key(id), 'dependency_state', 'never', 'reason', 'DependencyNeverSatisfied')
+    local k = redis.call('HMGET', job_key(id), 'kill_invalid_depend', 'array_job_id')
+    if k[1] == '1' then
+      if k[2] and k[2] ~= '' then cancel_array_rest(k[2]) end
+      settle(id, 'CANCELLED', '', 'DependencyNeverSatisfied')
+    end
   end
 end
 
@@ -217,6 +227,18 @@ local function array_done(key)
   return tonumber(a[1] or 0) >= tonumber(a[2] or 0)
 end
 
+-- Cancel the part of an array not yet materialised, at once: none of it will ever start (its
+-- materialised tasks are the caller's to cancel).
+function cancel_array_rest(array_id)
+  local key = array_key(array_id)
+  if redis.call('HGET', key, 'cancelled') == '1' then return end
+  local a = redis.call('HMGET', key, 'count', 'materialized')
+  local left = tonumber(a[1]) - tonumber(a[2]) - redis.call('SCARD', key .. ARRAY_SKIP_SUFFIX)
+  redis.call('HSET', key, 'cancelled', 1)
+  for _, field in ipairs({'ended', 'bad', 'begun'}) do redis.call('HINCRBY', key, field, left) end
+  notify_dependents(array_id, array_done(key))
+end
+
 local function move_state(id, from, to)
   redis.call('ZREM', state_key(from), id)
   redis.call('ZADD', state_key(to), id, id)
@@ -267,7 +289,7 @@ local function release(id)
 end
 
 -- Put a PENDING or RUNNING job into its final state exactly once; returns 1 if this call did it.
-local function settle(id, final, exit_code, reason)
+function settle(id, final, exit_code, reason)
   local j = redis.call('HMGET', job_key(id), 'state', 'worker')
   local current, worker = j[1], j[2]
   if current ~= 'PENDING' and current ~= 'RUNNING' then return 0 end

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from conductor import jobs
+from conductor import jobs, keys
 from conductor.jobs import JobRejected, JobSubmission
 from support import conductor, wait_until
 from test_ledger import Ledger
@@ -137,6 +137,59 @@ def test_a_chain_is_released_link_by_link(ledger):
     ledger.assert_consistent()
 
 
+# --- KILL_INVALID_DEPEND (Slurm's kill_invalid_depend) ---------------------------------------------
+
+
+def submit_killing(ledger: Ledger, dependency: str, array: str | None = None, name: str = "job") -> int:
+    body = {"job": {"name": name, "dependency": dependency, "array": array}, "script": "true\n"}
+    return jobs.submit(ledger.c, JobSubmission.model_validate(body), kill_invalid_depend=True)
+
+
+def test_under_kill_invalid_depend_a_dependency_never_met_cancels_the_job_and_its_chain(ledger):
+    """In the parent's very end: the dependent is CANCELLED with reason DependencyNeverSatisfied,
+    its own afterok dependent after it; a job submitted without the setting is held as before,
+    and an afterany dependent of the cancelled one runs."""
+    ledger.node("node-a", cpus=4, workers=2)
+    parent = submit(ledger)
+    child = submit_killing(ledger, f"afterok:{parent}")
+    grandchild = submit_killing(ledger, f"afterok:{child}")
+    held = submit(ledger, f"afterok:{parent}")
+    cleanup = submit(ledger, f"afterany:{child}")
+    run(ledger, parent, "FAILED")
+    assert state(ledger, child) == ("CANCELLED", "DependencyNeverSatisfied")
+    assert state(ledger, grandchild) == ("CANCELLED", "DependencyNeverSatisfied")
+    assert state(ledger, held) == ("PENDING", "DependencyNeverSatisfied")
+    assert state(ledger, cleanup) == ("PENDING", None)
+    assert ledger.place() == {cleanup: "node-a"}
+    ledger.assert_consistent()
+
+
+def test_under_kill_invalid_depend_a_dependency_already_impossible_is_cancelled_at_submit(ledger):
+    ledger.node("node-a", cpus=4, workers=2)
+    parent = submit(ledger)
+    run(ledger, parent, "FAILED")
+    child = submit_killing(ledger, f"afterok:{parent}")
+    assert state(ledger, child) == ("CANCELLED", "DependencyNeverSatisfied")
+    assert ledger.place() == {}
+    ledger.assert_consistent()
+
+
+def test_under_kill_invalid_depend_an_array_whose_dependency_fails_is_cancelled_whole(ledger):
+    """Every task shares the array's dependency: its materialised task and the part not yet
+    materialised are cancelled in the same step, so a job waiting on the whole array is decided."""
+    ledger.node("node-a", cpus=4, workers=2)
+    parent = submit(ledger)
+    array = submit_killing(ledger, f"afterok:{parent}", array="0-999%4", name="sweep")
+    after_all = submit(ledger, f"afterany:{array}")
+    run(ledger, parent, "FAILED")
+    assert state(ledger, array) == ("CANCELLED", "DependencyNeverSatisfied")
+    assert jobs.array_remainders(ledger.c, [array]) == {}
+    assert ledger.c.zcard(keys.state("CANCELLED")) == 1  # no task beyond the first was materialised
+    assert state(ledger, after_all) == ("PENDING", None)
+    assert ledger.place() == {after_all: "node-a"}
+    ledger.assert_consistent()
+
+
 # --- end to end: real workers ------------------------------------------------------------------------
 
 
@@ -196,3 +249,14 @@ def test_a_dependency_on_an_unknown_job_is_refused_by_the_cli(make_node):
                         input="#!/bin/bash\ntrue\n", check=False)
     assert refused.returncode == 2
     assert "dependency" in refused.stderr and "999" in refused.stderr
+
+
+def test_kill_invalid_depend_from_app_properties_cancels_the_dependent_of_a_failed_job(make_node, tmp_path):
+    """The setting as an operator sets it: `conductor submit` on a node with KILL_INVALID_DEPEND=true."""
+    node = make_node(TOTAL_CPUS=4, WORKER_CONCURRENCY=1, KILL_INVALID_DEPEND="true")
+    node.start_workers(1)
+    bad = node.submit("#!/bin/bash\nexit 3\n")
+    child = node.submit("#!/bin/bash\necho never\n", f"--dependency=afterok:{bad}")
+    node.wait_state(bad, "FAILED")
+    assert node.wait_state(child, "CANCELLED")["reason"] == "DependencyNeverSatisfied"
+    assert node.job(child)["started_at"] is None

@@ -55,7 +55,7 @@ def submit_job(submission: JobSubmission, ctx: Ctx) -> Submitted:
     """
     _require_unicode(submission)
     job_id = partitions.submit(ctx.connection, submission, ctx.settings.allow_unknown_partitions,
-                               ctx.settings.max_array_size)
+                               ctx.settings.max_array_size, ctx.settings.kill_invalid_depend)
     return Submitted(job_id=job_id, state=_place(ctx, job_id))
 
 
