@@ -25,6 +25,17 @@ def signal_jobs_as(uid: int, gid: int) -> None:
     _job_user = (uid, gid)
 
 
+def run_as_job_user(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str] | None:
+    """Run ``argv`` as JOB_USER in ``cwd`` (entered by the worker first: JOB_USER may not pass JOB_ROOT);
+    None when jobs run as the worker's own user."""
+    if _job_user is None:
+        return None
+    uid, gid = _job_user
+    return subprocess.run([SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv], cwd=cwd,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True,
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=600)
+
+
 def _as_job_user(signum: int, targets: list[str]) -> None:
     """``kill -s SIG -- targets`` as JOB_USER (bash's builtin kill; a negative target is a process group).
 

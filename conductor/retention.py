@@ -17,6 +17,7 @@ months of arrays do not grow Redis.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -79,8 +80,21 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
     return removed
 
 
-def remove_directories(connection: Redis, job_root: Path) -> list[int]:
+def _remove(directory: Path, empty: Callable[[Path], None] | None) -> None:
+    try:
+        shutil.rmtree(directory)
+    except PermissionError:
+        if empty is None:
+            raise
+        empty(directory)
+        shutil.rmtree(directory)
+
+
+def remove_directories(connection: Redis, job_root: Path, empty: Callable[[Path], None] | None = None) -> list[int]:
     """Remove ``JOB_ROOT/<id>`` directories whose job record no longer exists; returns their ids.
+
+    ``empty`` removes, as the job's user, what the caller may not (jobs running as JOB_USER create
+    subdirectories the worker cannot write); it is tried when removing a directory is refused.
 
     A job's directory is created by the worker that claimed it, while its record exists; a
     missing record therefore means an expired job, never one still to run.
@@ -99,7 +113,7 @@ def remove_directories(connection: Redis, job_root: Path) -> list[int]:
         if exists or job_id > int(last or 0):
             continue  # an id above the counter belongs to another Redis (replaced, emptied): not ours to judge
         try:
-            shutil.rmtree(job_root / str(job_id))
+            _remove(job_root / str(job_id), empty)
         except OSError as error:
             logger.error("retention: cannot remove {}: {}", job_root / str(job_id), error)
             continue

@@ -50,6 +50,17 @@ def closed_to_others(path: Path) -> bool:
     return False
 
 
+def empty_as_job_user(directory: Path) -> None:
+    """Delete everything in a job's directory as JOB_USER, which owns what the job created there
+    (subdirectories the worker may not write, even ones the job made read-only); retention then
+    removes the directory itself. Raises PermissionError when that does not help."""
+    emptied = procs.run_as_job_user(
+        ["/bin/bash", "-c", "chmod -R u+rwX . 2>/dev/null; find . -mindepth 1 -delete"], directory)
+    if emptied is None or emptied.returncode != 0:
+        raise PermissionError(f"{directory}: not removable, not even as JOB_USER"
+                              + (f": {emptied.stderr.strip()}" if emptied is not None else ""))
+
+
 def job_dir(job_root: Path, job_id: int | str) -> Path:
     """Where job ``job_id`` keeps its script and output: named by id only, never by user input."""
     return job_root / str(int(job_id))

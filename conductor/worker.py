@@ -30,7 +30,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 from . import cgroups, failover, keys, placement, procs, reconcile, registry, resources, retention, rqjobs, scripts, spool
 from .config import Settings
 from .jobs import JobState
-from .runner import Runner, closed_to_others
+from .runner import Runner, closed_to_others, empty_as_job_user
 from .store import UNREACHABLE, connect, redacted
 from .units import format_memory
 
@@ -291,7 +291,8 @@ class ConductorRQWorker(SimpleWorker):
         placement.requeue_stalled(ctx.connection, ctx.rq_connection, settings.node_name, 2 * settings.heartbeat_ttl)
         lease = int(settings.heartbeat_interval * 4000)  # one worker of the node, every few beats
         if ctx.connection.set(keys.node_cleanup(settings.node_name), ctx.index, nx=True, px=lease):
-            retention.remove_directories(ctx.connection, settings.job_root)
+            retention.remove_directories(ctx.connection, settings.job_root,
+                                         empty_as_job_user if settings.job_user else None)
         if ctx.heartbeat.job is not None:
             self.heartbeat()  # keep RQ's record of a worker busy with a long job alive
 

@@ -257,3 +257,49 @@ def test_a_worker_whose_job_user_does_not_exist_refuses_to_start(tmp_path, redis
     result = subprocess.run([CONDUCTOR, "worker", "--index", "1", "--config", str(config)], env=clean_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "JOB_USER=no-such-job-user does not exist" in result.stderr
+
+
+@pytest.mark.reliability("security: JOB_USER's files removed by retention")
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of two users and a worker without CAP_KILL need root to set up")
+@pytest.mark.skipif(not CHECKOUT_SHARED, reason=PRIVATE_CHECKOUT)
+def test_retention_removes_what_a_job_user_created_where_the_worker_may_not(redis_server):
+    """A job running as JOB_USER that made a subdirectory (here read-only, as `chmod -R a-w` leaves
+    it) left a directory the worker could not delete: retention logged an error on every pass and
+    the disk filled. The worker (`daemon`, only CAP_SETUID/CAP_SETGID) now empties it as JOB_USER."""
+    import pwd
+    import sys
+
+    from conductor import keys
+
+    service, job_user = pwd.getpwnam("daemon"), pwd.getpwnam("nobody")
+    work = Path(tempfile.mkdtemp(prefix="conductor-retention-"))
+    work.chmod(0o755)
+    try:
+        jobs = work / "jobs"
+        jobs.mkdir(mode=0o750)
+        directory = jobs / "7"
+        deep = directory / "results" / "deeper"
+        deep.mkdir(parents=True)
+        (deep / "data").write_text("x")
+        (directory / "slurm-7.out").write_text("output\n")
+        for path, account in ((jobs, service), (directory, service), (directory / "slurm-7.out", service),
+                              (directory / "results", job_user), (deep, job_user), (deep / "data", job_user)):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        directory.chmod(0o777)
+        deep.chmod(0o500)
+        redis_server.client().set(keys.NEXT_JOB_ID, 7)  # job 7 existed and its record has expired
+        code = ("import sys; from pathlib import Path; from redis import Redis; from conductor import procs, retention, "
+                "runner; procs.signal_jobs_as(int(sys.argv[1]), int(sys.argv[2])); connection = Redis.from_url(sys.argv[3]); "
+                "print(retention.remove_directories(connection, Path(sys.argv[4]))); "
+                "print(retention.remove_directories(connection, Path(sys.argv[4]), runner.empty_as_job_user))")
+        result = subprocess.run(
+            ["/usr/bin/setpriv", f"--reuid={service.pw_uid}", f"--regid={service.pw_gid}", "--clear-groups",
+             "--inh-caps=-all,+setuid,+setgid", "--ambient-caps=-all,+setuid,+setgid", "--",
+             sys.executable, "-c", code, str(job_user.pw_uid), str(job_user.pw_gid), redis_server.url, str(jobs)],
+            capture_output=True, text=True, timeout=120, env=clean_env())
+        assert result.returncode == 0, result.stderr
+        without, with_job_user = result.stdout.split()
+        assert without == "[]" and "Permission denied" in result.stderr  # as the worker alone: refused, logged
+        assert with_job_user == "[7]" and not directory.exists(), result.stderr
+    finally:
+        shutil.rmtree(work)
