@@ -100,7 +100,8 @@ class Runner:
         job_id = int(job["id"])
         self.attempt = ""
         try:  # a requeued job's earlier copy on this host is killed before this one starts
-            kill_other_attempts(self.connection, self.node, job_id, 0)
+            if job.get("pgid"):  # an attempt records its process group on the job, as it records its entry
+                kill_other_attempts(self.connection, self.node, job_id, 0)
         except UNREACHABLE as error:
             logger.error("job {}: could not look for earlier copies ({}); the heartbeat kills them", job_id, error)
         group = None

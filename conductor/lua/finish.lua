@@ -3,7 +3,8 @@
 -- Returns 1 when this call settled the job, 2 when it requeued it (NODE_FAIL of a job submitted
 -- with requeue), 0 when it had already ended (reaped, cancelled) or belongs to another worker.
 local id, worker, attempt = ARGV[1], ARGV[5], ARGV[6]
-local node = redis.call('HGET', job_key(id), 'node')
+local j = redis.call('HMGET', job_key(id), 'node', 'worker')
+local node, owner = j[1], j[2]
 -- The caller has killed its own attempt's processes: only that attempt's entry goes, whoever
 -- owns the job now (another attempt's entry is never touched).
 if attempt and attempt ~= '' and node and node ~= '' then redis.call('HDEL', process_groups_key(node), attempt) end
@@ -12,6 +13,6 @@ if attempt and attempt ~= '' and node and node ~= '' then redis.call('HDEL', pro
 if worker ~= '' and redis.call('HGET', worker_key(worker), 'job') == tostring(id) then
   redis.call('HSET', worker_key(worker), 'state', 'idle', 'job', '')
 end
-if worker ~= '' and redis.call('HGET', job_key(id), 'worker') ~= worker then return 0 end
+if worker ~= '' and owner ~= worker then return 0 end
 if ARGV[2] == 'NODE_FAIL' then return node_fail(id, ARGV[4]) end
 return settle(id, ARGV[2], ARGV[3], ARGV[4])

@@ -24,9 +24,9 @@ local function pending_class(id)
 end
 
 local function pending_add(id)
-  local held = redis.call('HGET', job_key(id), 'dependency_state')
-  if held == 'waiting' or held == 'never' then return end  -- not placeable until its dependency is met
-  local class = pending_class(id)
+  local j = redis.call('HMGET', job_key(id), 'dependency_state', 'cpus', 'memory', 'partition')
+  if j[1] == 'waiting' or j[1] == 'never' then return end  -- not placeable until its dependency is met
+  local class = (j[2] or '0') .. ':' .. (j[3] or '0') .. ':' .. (j[4] or '')  -- as pending_class
   redis.call('ZADD', PENDING_CLASS_PREFIX .. class, id, id)
   redis.call('SADD', PENDING_CLASSES, class)
 end

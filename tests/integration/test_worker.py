@@ -65,6 +65,38 @@ def test_nonzero_exit_is_failed_with_its_code(make_node):
 
 
 @pytest.mark.reliability("fault: job over its time limit")
+def test_rq_shows_the_workers_and_their_counts_and_keeps_no_per_job_records(make_node):
+    """RQ only carries jobs to the node: `rq info` still lists each worker, its state and how many
+    jobs it finished, while nothing of RQ's per-job bookkeeping (job hashes, executions,
+    registries, the intermediate queue) is left behind once the jobs have ended."""
+    node = make_node(WORKER_CONCURRENCY=2)
+    node.start_workers(2)
+    ids = [node.submit("#!/bin/bash\ntrue\n") for _ in range(6)]
+    for job_id in ids:
+        node.wait_state(job_id, "COMPLETED")
+    client = node.redis.client()
+    counts = lambda: [int(client.hget(f"rq:worker:worker-node-a-{i}", "successful_job_count") or 0)  # noqa: E731
+                      for i in (1, 2)]
+    wait_until(lambda: sum(counts()) == 6, what="RQ's worker records to count every job")
+    wait_until(lambda: {client.hget(f"rq:worker:worker-node-a-{i}", "state") for i in (1, 2)} == {"idle"},
+               what="both RQ workers idle")
+    left = sorted(key for key in client.scan_iter("rq:*") if not key.startswith(("rq:worker", "rq:queues",
+                                                                                 "rq:clean")))
+    assert left == [], left
+    info = conductor_rq_info(node.redis.url)
+    assert "worker-node-a-1" in info and "worker-node-a-2" in info and "2 workers" in info
+
+
+def conductor_rq_info(url: str) -> str:
+    """`rq info` as an operator runs it (RQ's own command line, from this virtual environment)."""
+    import subprocess
+    import sys
+
+    rq = Path(sys.executable).parent / "rq"
+    return subprocess.run([str(rq), "info", "--url", url], check=True, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
 def test_time_limit_ends_job_as_timeout_with_every_process_gone(make_node, tmp_path):
     node = make_node(WORKER_CONCURRENCY=1)
     node.start_workers(1)
