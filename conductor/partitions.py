@@ -78,7 +78,8 @@ def pending_reason(job: dict[str, Any], nodes: Iterable[dict[str, Any]]) -> str:
     """Why a PENDING job waits, in squeue's words.
 
     Dependency / DependencyNeverSatisfied: held by its --dependency. PartitionDown: no node serves its partition. PartitionNodesDrained: no node that does is in
-    service and live, and some are drained. NodeDown: none is live and none drained. Priority: one of them has
+    service and live, and some are drained. ReqNodeNotAvail: some are, but only nodes out of service
+    (drained or down) are big enough for the job. NodeDown: none is live and none drained. Priority: one of them has
     room now, older jobs go first (placement runs at once). Resources: none has the room now.
     """
     if job.get("reason") in DEPENDENCY_REASONS:  # held by its --dependency, whatever the nodes
@@ -89,6 +90,9 @@ def pending_reason(job: dict[str, Any], nodes: Iterable[dict[str, Any]]) -> str:
     live = [n for n in serving if n["state"] not in OUT_OF_SERVICE and n["state"] != NodeState.DOWN]
     if not live:  # a drain is what an operator did and can undo: name it before dead nodes
         return "PartitionNodesDrained" if any(n["state"] in OUT_OF_SERVICE for n in serving) else "NodeDown"
+    cpus, memory = job["cpus"] or 0, job["memory"] or 0
+    if not any(n["total_cpus"] >= cpus and n["total_memory"] >= memory for n in live):
+        return "ReqNodeNotAvail"  # only nodes out of service (drained, or with no live worker) are big enough
     for node in live:
         if (node["free_cpus"] >= (job["cpus"] or 0) and node["free_memory"] >= (job["memory"] or 0)
                 and node["state"] != NodeState.ALLOCATED):

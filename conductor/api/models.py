@@ -73,7 +73,7 @@ class JobView(BaseModel):
                                    "Dependency while unmet, DependencyNeverSatisfied once it cannot be met")
     pending_reason: str | None = Field(
         default=None, description="why a PENDING job waits, as squeue: Resources, Priority, PartitionNodesDrained, "
-                                  "PartitionDown, NodeDown")
+                                  "ReqNodeNotAvail, PartitionDown, NodeDown, Dependency, DependencyNeverSatisfied")
     max_rss: int | None = Field(default=None, description="peak memory of the job's cgroup in bytes (MaxRSS)")
     cpu_time: float | None = Field(default=None, description="user+system CPU seconds of the job's cgroup")
     oom_killed: bool | None = Field(default=None, description="whether the OOM killer fired in the job's cgroup")

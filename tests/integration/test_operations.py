@@ -72,6 +72,41 @@ def test_drain_lets_running_jobs_finish_and_sends_new_ones_elsewhere(make_node, 
     assert a.wait_state(third, "COMPLETED")["node"] == "node-a"
 
 
+def test_two_nodes_a_drained_node_keeps_what_only_it_can_run_pending_and_resume_brings_it_back(
+        make_node, tmp_path: Path) -> None:
+    """Two nodes on one Redis: node-a (8 CPUs) is drained while it runs a job. Its job finishes
+    COMPLETED; a job only node-a is big enough for stays PENDING with reason ReqNodeNotAvail (not
+    Resources: waiting for node-b would never help) and never starts on node-b; small jobs go to
+    node-b; resume runs the big job on node-a."""
+    a = make_node("node-a", TOTAL_CPUS=8, WORKER_CONCURRENCY=1)
+    b = make_node("node-b", TOTAL_CPUS=2, WORKER_CONCURRENCY=1)
+    a.start_workers(1)
+    b.start_workers(1)
+    release = tmp_path / "release"
+    running = a.submit(blocking(release), "-c", "4")
+    assert a.wait_state(running, "RUNNING")["node"] == "node-a"
+    conductor("drain", "node-a", "--reason", "kernel update", config=b.config)
+    assert node_state(b.config, "node-a") == "DRAINING"
+
+    big = a.submit("#!/bin/bash\necho big\n", "-c", "4")
+    small = a.submit("#!/bin/bash\necho small\n", "-c", "1")
+    assert a.wait_state(small, "COMPLETED")["node"] == "node-b"
+    listed = {j["id"]: j for j in json.loads(conductor("jobs", "--json", config=a.config).stdout)}
+    assert (listed[big]["state"], listed[big]["pending_reason"]) == ("PENDING", "ReqNodeNotAvail")
+    assert "ReqNodeNotAvail" in conductor("jobs", "--format", "%i %R", config=a.config).stdout
+
+    release.touch()
+    assert a.wait_state(running, "COMPLETED")["exit_code"] == 0
+    wait_until(lambda: node_state(a.config, "node-a") == "DRAINED", what="node-a to be DRAINED")
+    placement.place(a.redis.client(), a.redis.client())  # a sweep, as a heartbeat would run it
+    assert a.job(big)["state"] == "PENDING"
+
+    conductor("resume", "node-a", config=b.config)
+    done = a.wait_state(big, "COMPLETED")
+    assert done["node"] == "node-a" and (a.directory / "jobs" / str(big) / f"slurm-{big}.out").read_text() == "big\n"
+    assert node_state(a.config, "node-a") == "IDLE"
+
+
 def test_pending_reason_says_partition_nodes_drained_and_drain_survives_restarts(tmp_path: Path, make_node) -> None:
     """A job whose only node is drained waits PENDING with reason PartitionNodesDrained (squeue's
     REASON column); the drain holds when every worker restarts and when Redis restarts."""

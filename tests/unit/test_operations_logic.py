@@ -51,9 +51,10 @@ def test_node_states(books: dict[str, object], expected: NodeState) -> None:
     assert state(total_cpus=8, **books) == expected  # type: ignore[arg-type]
 
 
-def _node(name: str, node_state: str, partitions: list[str], free_cpus: int = 8) -> dict[str, object]:
+def _node(name: str, node_state: str, partitions: list[str], free_cpus: int = 8,
+          total_cpus: int = 8) -> dict[str, object]:
     return {"name": name, "state": node_state, "partitions": partitions, "free_cpus": free_cpus,
-            "free_memory": 1 << 40}
+            "free_memory": 1 << 40, "total_cpus": total_cpus, "total_memory": 1 << 40}
 
 
 @pytest.mark.parametrize(("nodes", "reason"), [
@@ -64,6 +65,9 @@ def _node(name: str, node_state: str, partitions: list[str], free_cpus: int = 8)
     ([_node("a", "DOWN", ["gpu"])], "NodeDown"),
     ([_node("a", "MIXED", ["gpu"], free_cpus=2)], "Resources"),
     ([_node("a", "MIXED", [], free_cpus=4)], "Priority"),
+    ([_node("a", "DRAINED", ["gpu"]), _node("b", "IDLE", ["gpu"], free_cpus=2, total_cpus=2)], "ReqNodeNotAvail"),
+    ([_node("a", "DOWN", ["gpu"]), _node("b", "IDLE", [], free_cpus=2, total_cpus=2)], "ReqNodeNotAvail"),
+    ([_node("a", "DRAINED", ["gpu"]), _node("b", "MIXED", ["gpu"], free_cpus=2)], "Resources"),
 ])
 def test_pending_reasons(nodes: list[dict[str, object]], reason: str) -> None:
     job = {"partition": "gpu", "cpus": 4, "memory": 0}
