@@ -59,9 +59,9 @@ class CliTiming:
 
 
 class CliCluster:
-    """16 nodes with 4 worker slots each and 10,000 ended jobs, on a private Redis."""
+    """16 nodes with 4 worker slots each and ``stored`` ended jobs, on a private Redis."""
 
-    def __init__(self, redis: RedisServer, root: Path) -> None:
+    def __init__(self, redis: RedisServer, root: Path, stored: int = STORED) -> None:
         self.redis = redis
         self.connection = connect(redis.url)
         self.raw = connect(redis.url, decode=False)
@@ -75,7 +75,7 @@ class CliCluster:
             self.connection.sadd(keys.node_workers(name), *[f"{name}-{i}" for i in range(1, SLOTS + 1)])
         self.script = root / "job.sh"
         self.script.write_text("#!/bin/bash\ntrue\n")
-        self._store(STORED)
+        self._store(stored)
 
     def _store(self, count: int) -> None:
         """``count`` jobs submitted, placed and ended COMPLETED, as a busy cluster keeps them."""
@@ -142,12 +142,12 @@ def timed(command: list[str], cwd: Path) -> tuple[float, float, bytes]:
     return wall, cpu, done.stdout
 
 
-def cli_timings(root: Path, samples: int) -> dict[str, CliTiming]:
+def cli_timings(root: Path, samples: int, stored: int = STORED) -> dict[str, CliTiming]:
     """Every command ``samples`` times, in turns, after one untimed warm-up call each."""
     root.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(root / "redis").start()
     try:
-        cluster = CliCluster(redis, root)
+        cluster = CliCluster(redis, root, stored)
         commands = cluster.commands()
         walls: dict[str, list[float]] = {name: [] for name in commands}
         cpus: dict[str, list[float]] = {name: [] for name in commands}

@@ -369,7 +369,7 @@ def cli_section(results: Results) -> str:
     if not results.cli:
         return "Not measured in this run."
     count = len(next(iter(results.cli.values())).wall)
-    return (f"Each command run {count} times, in turns, on 16 nodes holding 10,000 stored jobs "
+    return (f"Each command run {count} times, in turns, on 16 nodes holding {results.size.cli_stored:,} stored jobs "
             f"(bench/cli_timing.py):\n\n{cli_timing.table(results.cli)}")
 
 

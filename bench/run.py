@@ -58,6 +58,7 @@ class Size:
     read_samples_cli: int
     read_samples_http: int
     cli_rounds: int = 15  # turns of the command-line timings (each command once per turn)
+    cli_stored: int = 10_000  # ended jobs in Redis while the commands are timed
 
 
 FULL = Size(
@@ -72,7 +73,7 @@ QUICK = Size(
     makespan_jobs=4, makespan_sleep=0.5, latency_samples=5, cli_samples=1, latency_period=0.05, restarts=1,
     restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
     redis_workers=2, redis_jobs=20, cluster_nodes=(1, 2), cluster_workers_per_node=1,
-    read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5, cli_rounds=1,
+    read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5, cli_rounds=1, cli_stored=500,
 )
 
 
@@ -184,7 +185,8 @@ def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
     say(f"read paths at cluster size: {size.read_cluster}")
     reads = measure_read_paths(workdir / "read-paths", size.read_cluster, size.read_samples_cli,
                                size.read_samples_http, say)
-    say("command-line start-up: conductor submit vs rq enqueue, conductor jobs/show/nodes on 16 nodes")
-    cli = cli_timings(workdir / "cli", size.cli_rounds)
+    say(f"command-line start-up: conductor submit vs rq enqueue, conductor jobs/show/nodes on 16 nodes "
+        f"with {size.cli_stored:,} stored jobs")
+    cli = cli_timings(workdir / "cli", size.cli_rounds, size.cli_stored)
     return Results(size, machine.describe(), found, placement, cluster, job_cpu(scripts.trivial),
                    time.monotonic() - started, notes, reads, cli=cli)
