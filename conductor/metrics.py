@@ -134,22 +134,31 @@ def job_times(connection: Redis) -> list[Metric]:
 def _recent_ended(connection: Redis) -> list[tuple[str, str, str]]:
     """(submitted_at, started_at, ended_at) of the WINDOW highest-numbered jobs in a final state.
 
-    Two round trips and no reply per job: the newest WINDOW ids of each final state, merged here
-    to learn how many of each state are among the WINDOW newest overall, then the times of those
-    with one SORT per state (:mod:`conductor.records`). A job that ends between the two counts
-    in its state's share in place of an older one: the window stays the newest WINDOW it can be.
+    Three round trips, and no reply per job. The WINDOW-th newest id of each final state bounds
+    the window from below (that state alone has WINDOW jobs from there up), so only ids above the
+    highest of those bounds are read (about 2 x WINDOW, not WINDOW per state) and merged here,
+    to learn how many of each state are among the WINDOW newest overall; then the times of those
+    come with one SORT per state (:mod:`conductor.records`). A job that ends meanwhile counts in
+    its state's share in place of an older one: the window stays the newest WINDOW it can be.
     """
+    indexes = [keys.state(state) for state in FINAL_STATES]
     with connection.pipeline(transaction=False) as pipe:
-        for state in FINAL_STATES:
-            pipe.zrevrange(keys.state(state), 0, WINDOW - 1)
+        for index in indexes:
+            pipe.zrevrange(index, WINDOW - 1, WINDOW - 1)
+        bounds = [int(found[0]) for found in pipe.execute() if found]
+    with connection.pipeline(transaction=False) as pipe:
+        for index in indexes:
+            if bounds:
+                pipe.zrevrangebyscore(index, "+inf", max(bounds))
+            else:  # no state has WINDOW jobs: each has fewer, read them all
+                pipe.zrevrange(index, 0, WINDOW - 1)
         per_state: list[list[str]] = pipe.execute()
     recent = sorted((int(job_id) for ids in per_state for job_id in ids), reverse=True)[:WINDOW]
     if not recent:
         return []
     oldest = recent[-1]
     shares = [sum(1 for job_id in ids if int(job_id) >= oldest) for ids in per_state]
-    found = fields_of(connection, [keys.state(state) for state in FINAL_STATES], keys.job,
-                      ("submitted_at", "started_at", "ended_at"), newest=shares)
+    found = fields_of(connection, indexes, keys.job, ("submitted_at", "started_at", "ended_at"), newest=shares)
     return [tuple(value or "" for value in row) for rows in found for row in rows]  # type: ignore[misc]
 
 
