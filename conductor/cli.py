@@ -163,7 +163,7 @@ def render_command(settings: Settings, target: str, out: Path) -> None:
 @click.option("--array", "-a", default=None, metavar="INDICES",
               help="a job array: 0-999, 1,3,5, 0-15:4, with %N to run at most N tasks at once")
 @click.option("--dependency", "-d", default=None, metavar="LIST",
-              help="start only after other jobs: afterok:ID[:ID...], after, afterany, afternotok, singleton; "
+              help="start only after other jobs: afterok:ID[:ID...], after[:ID+MINUTES], afterany, afternotok, singleton; "
                    "',' = all, '?' = any")
 @with_settings
 def submit(settings: Settings, script: Any, name: str | None, account: str, partition: str,

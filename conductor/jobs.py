@@ -99,7 +99,8 @@ class JobSpec(BaseModel):
     )
     dependency: str | None = Field(
         default=None, max_length=4096,
-        description="sbatch --dependency: after|afterany|afterok|afternotok:<id>[:<id>...] or singleton, "
+        description="sbatch --dependency: after|afterany|afterok|afternotok:<id>[:<id>...] or singleton "
+                    "(after:<id>+<minutes>: that long after <id> started), "
                     "joined by ',' (all) or '?' (any), e.g. afterok:123, afterany:123:124, afterok:5?afternotok:6; <id> is a job, an array (every task of it) or "
                     "<array id>_<index> (one task). Unmet: PENDING with reason Dependency; never to be met: "
                     "reason DependencyNeverSatisfied",
@@ -263,7 +264,11 @@ def _check_dependency(connection: Redis, dependency: workflow.Dependency) -> Non
     shares) has expired; one task of it exists while its record does (or it is still to come).
     """
     for condition in dependency.conditions:
-        for job_id in condition.job_ids:
+        for token in condition.job_ids:
+            job_id, delay = workflow.split_delay(token)
+            if delay and "_" not in job_id and connection.exists(keys.array(job_id)):
+                raise JobRejected("job.dependency", f"{token}: a delay is not supported on a whole array "
+                                  f"(name one task, {job_id}_<index>+{delay})")
             if "_" in job_id:
                 array_id, _, index = job_id.partition("_")
                 spec, task = connection.hmget(keys.array(array_id), ["spec", f"task:{index}"])

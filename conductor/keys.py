@@ -178,6 +178,10 @@ def node_cleanup(name: str) -> str:
 RECONCILIATIONS = PREFIX + "reconciliations"  # hash kind -> count of repairs after lost writes
 
 
+# Sorted set: jobs waiting on ``after:ID+time`` (member: the dependent's id, score: the epoch second
+# its delay ends); the maintenance pass re-evaluates those due, since time passing is no event.
+DEPENDENCY_TIMERS = PREFIX + "dependency-timers"
+
 EXPIRED_THROUGH = PREFIX + "expired-through"  # sorted set, one member: the highest job id retention removed
 
 

@@ -27,6 +27,8 @@ def place(connection: Redis, rq_connection: Redis, full: bool = False) -> list[t
     A pass looks only at the nodes that may have a free slot (:data:`keys.OPEN_NODES`); ``full``
     looks at every node and rebuilds that set (the heartbeat's safety pass).
     """
+    if full:  # the heartbeat's pass: jobs whose after:ID+time delay has run out become placeable
+        scripts.run(connection, "release_timers")
     reply = scripts.run(connection, "place", "full" if full else "")
     placed = [(int(job_id), node) for job_id, node in zip(reply[::2], reply[1::2])]  # type: ignore[index]
     if placed:

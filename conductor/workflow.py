@@ -8,9 +8,11 @@ what the user typed.
 Grammar (sbatch(1), ``--dependency=<dependency_list>``)::
 
     dependency_list := condition (("," condition)* | ("?" condition)*)   # "," all, "?" any; never mixed
-    condition       := "singleton" | type (":" job_id)+
-    type            := "after" | "afterany" | "afterok" | "afternotok"
+    condition       := "singleton" | "after" (":" job_id ["+" minutes])+ | type (":" job_id)+
+    type            := "afterany" | "afterok" | "afternotok"
     job_id          := digits | digits "_" digits                      # a job, or one task of an array
+
+``after:ID+time``: once job ID has started (or was cancelled) and ``time`` more minutes have passed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 KINDS = ("after", "afterany", "afterok", "afternotok")
 UNSUPPORTED = ("aftercorr", "afterburstbuffer")
 _JOB_ID = re.compile(r"([1-9][0-9]{0,17})(?:_(0|[1-9][0-9]{0,8}))?")
+_MINUTES = re.compile(r"[0-9]{1,7}")  # after:ID+time, in minutes (at most about 19 years)
 
 
 class DependencyError(ValueError):
@@ -53,8 +56,14 @@ class Dependency:
         seen: dict[int, None] = {}
         for condition in self.conditions:
             for job_id in condition.job_ids:
-                seen[int(job_id.partition("_")[0])] = None
+                seen[int(split_delay(job_id)[0].partition("_")[0])] = None
         return list(seen)
+
+
+def split_delay(job_id: str) -> tuple[str, int]:
+    """``"5+10"`` (after:5+10) as ("5", 10) minutes; ``"5"`` as ("5", 0)."""
+    name, _, minutes = job_id.partition("+")
+    return name, int(minutes or 0)
 
 
 def parse_dependency(text: str) -> Dependency:
@@ -84,12 +93,17 @@ def _condition(part: str) -> Condition:
         raise DependencyError(f"{part!r}: {kind} needs at least one job id ({kind}:<job_id>[:<job_id>...])")
     job_ids = []
     for job_id in rest.split(":"):
-        if "+" in job_id:
-            raise DependencyError(f"{part!r}: a delay (+time) after a job id is not supported")
-        match = _JOB_ID.fullmatch(job_id)
+        name, plus, minutes = job_id.partition("+")
+        if plus:
+            if kind != "after":
+                raise DependencyError(f"{part!r}: a delay (+time) is allowed only with after (after:<job_id>+<minutes>)")
+            if not _MINUTES.fullmatch(minutes):
+                raise DependencyError(f"{part!r}: {minutes!r} after '+' is not a number of minutes")
+            minutes = str(int(minutes))
+        match = _JOB_ID.fullmatch(name)
         if not match:
-            raise DependencyError(f"{part!r}: {job_id!r} is not a job id (123, or 123_7 for an array task)")
-        job_ids.append(job_id)
+            raise DependencyError(f"{part!r}: {name!r} is not a job id (123, or 123_7 for an array task)")
+        job_ids.append(name + (f"+{minutes}" if plus and int(minutes) else ""))
     return Condition(kind, tuple(job_ids))
 
 

@@ -58,6 +58,34 @@ local function array_met(kind, key)
   return 'yes'
 end
 
+-- A parent as a dependency names it: '5', '5_7', or with after's delay '5+10' (minutes).
+local function parent_and_delay(token)
+  local parent, minutes = string.match(token, '^([%d_]+)%+(%d+)$')
+  if parent then return parent, tonumber(minutes) end
+  return token, 0
+end
+
+-- after:ID+time, once ID has started: 'yes' when ``minutes`` have passed since it started (or
+-- ended without starting), else 'no' with a timer for job ``id``, which the maintenance pass
+-- re-evaluates when it is due (release_timers).
+local function after_delay(id, parent, minutes)
+  local record = parent
+  local array_id, index = string.match(parent, '^(%d+)_(%d+)$')
+  if array_id then record = redis.call('HGET', array_key(array_id), 'task:' .. index) end
+  local since
+  if record then
+    local t = redis.call('HMGET', job_key(record), 'started_at', 'ended_at')
+    since = tonumber(t[1] ~= '' and t[1] or t[2] or '')
+  end
+  -- No time recorded yet: the parent is starting (or ending unstarted) in this very transition,
+  -- whose script writes the time after it has notified the dependents. Count from now.
+  since = since or tonumber(now())
+  local due = since + 60 * minutes
+  if tonumber(now()) >= due then return 'yes' end
+  redis.call('ZADD', DEPENDENCY_TIMERS, due, id)
+  return 'no'
+end
+
 local function after_met(kind, parent)
   local state
   local array_id, index = string.match(parent, '^(%d+)_(%d+)$')
@@ -92,8 +120,10 @@ local function condition_met(id, condition)
     return #earlier == 0 and 'yes' or 'no'
   end
   local result = 'yes'
-  for parent in string.gmatch(string.sub(condition, #kind + 2), '[^:]+') do
+  for token in string.gmatch(string.sub(condition, #kind + 2), '[^:]+') do
+    local parent, minutes = parent_and_delay(token)
     local met = after_met(kind, parent)
+    if met == 'yes' and minutes > 0 then met = after_delay(id, parent, minutes) end
     if met == 'never' then return 'never' end
     if met == 'no' then result = 'no' end
   end
@@ -152,7 +182,8 @@ local function register_dependents(id, dependency, active)
       end
     else
       local kind = string.match(condition, '^(%a+)')
-      for parent in string.gmatch(string.sub(condition, #kind + 2), '[^:]+') do
+      for token in string.gmatch(string.sub(condition, #kind + 2), '[^:]+') do
+        local parent = parent_and_delay(token)
         local array_id = string.match(parent, '^(%d+)_%d+$') or parent
         local state = redis.call('HGET', job_key(array_id), 'state')
         if state == 'PENDING' or state == 'RUNNING' or redis.call('EXISTS', array_key(array_id)) == 1 then

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from conductor import jobs, keys
+from conductor import jobs, keys, placement
 from conductor.jobs import JobRejected, JobSubmission
 from support import conductor, wait_until
 from test_ledger import Ledger
@@ -135,6 +135,39 @@ def test_a_chain_is_released_link_by_link(ledger):
         run(ledger, job_id)
     assert all(ledger.job(job_id)["state"] == "COMPLETED" for job_id in chain)
     ledger.assert_consistent()
+
+
+def test_after_with_a_delay_waits_that_many_minutes_after_the_parent_started(ledger):
+    """after:ID+10: the child is released by the maintenance pass once ten minutes have passed
+    since the parent started (time passing is simulated by moving the parent's start and the
+    child's timer back by ten minutes, as the clock would)."""
+    ledger.node("node-a", cpus=4, workers=2)
+    parent = submit(ledger)
+    child = submit(ledger, f"after:{parent}+10")
+    assert ledger.job(child)["dependency"] == f"after:{parent}+10"
+    assert ledger.place() == {parent: "node-a"}  # the parent starts: the ten minutes begin
+    started = float(ledger.c.hget(keys.job(parent), "started_at"))
+    assert ledger.c.zscore(keys.DEPENDENCY_TIMERS, child) == pytest.approx(started + 600)
+    assert placement.place(ledger.c, ledger.rq, full=True) == []  # not yet due
+    assert state(ledger, child) == ("PENDING", "Dependency")
+    ledger.c.hset(keys.job(parent), "started_at", f"{started - 600:.6f}")
+    ledger.c.zadd(keys.DEPENDENCY_TIMERS, {child: started - 600})
+    assert placement.place(ledger.c, ledger.rq, full=True) == [(child, "node-a")]
+    assert ledger.c.zcard(keys.DEPENDENCY_TIMERS) == 0
+    ledger.assert_consistent()
+
+
+def test_after_with_a_delay_already_over_is_met_at_once_and_a_whole_array_is_refused(ledger):
+    ledger.node("node-a", cpus=4, workers=2)
+    parent = submit(ledger)
+    ledger.place()
+    started = float(ledger.c.hget(keys.job(parent), "started_at"))
+    ledger.c.hset(keys.job(parent), "started_at", f"{started - 120:.6f}")  # started two minutes ago
+    assert state(ledger, submit(ledger, f"after:{parent}+1")) == ("PENDING", None)
+    array = jobs.submit(ledger.c, JobSubmission.model_validate({"job": {"array": "0-3"}, "script": "true\n"}))
+    with pytest.raises(JobRejected, match="not supported on a whole array"):
+        submit(ledger, f"after:{array}+5")
+    assert submit(ledger, f"after:{array}_1+5")
 
 
 # --- KILL_INVALID_DEPEND (Slurm's kill_invalid_depend) ---------------------------------------------

@@ -13,10 +13,12 @@ job_ids = st.one_of(
     st.integers(1, 10**12).map(str),
     st.tuples(st.integers(1, 10**6), st.integers(0, 10**6)).map(lambda t: f"{t[0]}_{t[1]}"),
 )
+delayed_ids = st.tuples(job_ids, st.one_of(st.just(""), st.integers(1, 10**6).map(lambda m: f"+{m}"))).map("".join)
 conditions = st.one_of(
     st.just("singleton"),
-    st.tuples(st.sampled_from(KINDS), st.lists(job_ids, min_size=1, max_size=4)).map(
+    st.tuples(st.sampled_from([k for k in KINDS if k != "after"]), st.lists(job_ids, min_size=1, max_size=4)).map(
         lambda t: ":".join((t[0], *t[1]))),
+    st.lists(delayed_ids, min_size=1, max_size=4).map(lambda ids: ":".join(("after", *ids))),  # after:ID+minutes
 )
 dependency_lists = st.tuples(st.lists(conditions, min_size=1, max_size=5), st.sampled_from(",?")).map(
     lambda t: t[1].join(t[0]))
@@ -28,7 +30,7 @@ def test_every_list_of_the_grammar_parses_and_prints_back_unchanged(text):
     assert str(parsed) == text
     assert parsed.any_of == ("?" in text)
     assert len(parsed.conditions) == len(text.split("?" if parsed.any_of else ","))
-    named = {int(i.partition("_")[0]) for c in parsed.conditions for i in c.job_ids}
+    named = {int(i.partition("+")[0].partition("_")[0]) for c in parsed.conditions for i in c.job_ids}
     assert set(parsed.job_ids()) == named
 
 
@@ -55,7 +57,10 @@ def test_all_of_and_any_of_cannot_be_mixed(first, second, third, separators):
     ("afterok:0", "not a job id"),
     ("afterok:12x", "not a job id"),
     ("afterok:12_", "not a job id"),
-    ("afterok:12+5", "delay"),
+    ("afterok:12+5", "only with after"),
+    ("after:12+", "not a number of minutes"),
+    ("after:12+x", "not a number of minutes"),
+    ("after:12+-5", "not a number of minutes"),
     ("aftercorr:12", "not supported"),
     ("before:12", "unknown dependency type"),
     ("afterok:1,", "unknown dependency type"),
@@ -132,3 +137,9 @@ def test_a_stepped_range_is_judged_by_its_last_index_not_the_bound_written():
     assert parse_array("819-956:2", 956).indices()[-1] == 955
     with pytest.raises(ArrayError, match="index 956 is over the limit"):
         parse_array("820-956:2", 956)
+
+
+def test_after_with_a_delay_keeps_it_in_minutes():
+    assert str(parse_dependency("after:12+05:13_2+90")) == "after:12+5:13_2+90"
+    assert str(parse_dependency("after:12+0")) == "after:12"
+    assert parse_dependency("after:12+5:13_2").job_ids() == [12, 13]
