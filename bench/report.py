@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
 
 from . import read_paths
-from . import cli_timing
+from . import cli_timing, failover
 from .placement_cost import NODES, SLOTS
 from .run import Results
 from .scenarios import percentile
@@ -373,6 +373,15 @@ def cli_section(results: Results) -> str:
             f"(bench/cli_timing.py):\n\n{cli_timing.table(results.cli)}")
 
 
+def failover_section(results: Results) -> str:
+    if results.failover is None:
+        return "Not measured in this run."
+    return (f"A primary, two replicas and three sentinels; {failover.WORKERS} workers and a client submitting "
+            f"{failover.SUBMIT_PER_SECOND:g} jobs a second; the primary SIGKILLed (bench/failover.py). "
+            "Sentinel's down-after-milliseconds is the floor: before it has passed nobody even suspects the primary.\n\n"
+            f"{failover.table(results.failover)}")
+
+
 def markdown(results: Results) -> str:
     machine = "\n".join(f"| {key} | {value} |" for key, value in results.machine.items())
     notes = "".join(f"- {note}\n" for note in results.notes) or "- none\n"
@@ -411,6 +420,10 @@ is the script call itself and its time includes theirs):
 {read_paths_section(results)}## Command line, start to exit
 
 {cli_section(results)}
+
+## Redis failover
+
+{failover_section(results)}
 
 ## Machine
 

@@ -3,7 +3,9 @@
 For each N, the systems are measured one after the other, each on a fresh Redis and supervisord;
 the detailed scenarios (makespan, latency, memory, restart) run at the seed's N = 4. Placement
 cost needs no workers and runs after them, on its own Redis; the read paths at cluster size run
-last, on two populated Redis servers with an API each (bench/read_paths.py).
+on two populated Redis servers with an API each (bench/read_paths.py), then the command-line
+timings; a Redis Sentinel failover under a job stream (bench/failover.py) comes last, on clusters
+of its own.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import machine, redis_cost, scenarios
+from . import failover, machine, redis_cost, scenarios
 from .baselines import BASELINES
 from .cli_timing import CliTiming, cli_timings
 from .conductor_system import ConductorSystem
+from .failover import Failover
 from .placement_cost import PlacementCost, placement_costs
 from .redis_cost import RedisCost
 from .read_paths import QUICK_LARGE, ReadPaths, Shape, cluster_fixture
@@ -59,6 +62,7 @@ class Size:
     read_samples_http: int
     cli_rounds: int = 15  # turns of the command-line timings (each command once per turn)
     cli_stored: int = 10_000  # ended jobs in Redis while the commands are timed
+    failover_rounds: int = 3  # Sentinel failovers, each on a fresh cluster (about 17 s apiece)
 
 
 FULL = Size(
@@ -74,6 +78,7 @@ QUICK = Size(
     restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
     redis_workers=2, redis_jobs=20, cluster_nodes=(1, 2), cluster_workers_per_node=1,
     read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5, cli_rounds=1, cli_stored=500,
+    failover_rounds=1,
 )
 
 
@@ -100,6 +105,7 @@ class Results:
     notes: list[str]
     reads: ReadPaths | None = None
     cli: dict[str, CliTiming] = field(default_factory=dict)  # command -> start-to-exit timings
+    failover: Failover | None = None
 
 
 @dataclass(frozen=True)
@@ -188,5 +194,7 @@ def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
     say(f"command-line start-up: conductor submit vs rq enqueue, conductor jobs/show/nodes on 16 nodes "
         f"with {size.cli_stored:,} stored jobs")
     cli = cli_timings(workdir / "cli", size.cli_rounds, size.cli_stored)
+    say(f"Redis failover: primary SIGKILLed under a job stream, {size.failover_rounds} round(s)")
+    failed_over = failover.measure(workdir / "failover", size.failover_rounds, say)
     return Results(size, machine.describe(), found, placement, cluster, job_cpu(scripts.trivial),
-                   time.monotonic() - started, notes, reads, cli=cli)
+                   time.monotonic() - started, notes, reads, cli=cli, failover=failed_over)
