@@ -12,6 +12,11 @@ tests/integration/test_failover.py. Once jobs run, the primary is SIGKILLed, and
 - *new job started*: until the first job *submitted after the kill* ran its first instruction
   (the script stamps itself with ``$EPOCHREALTIME``).
 
+Before the stream starts, a trivial job's submission is timed from Python in alternation through
+the sentinels (acknowledged only once ``WAIT 1`` says a replica holds it) and through a plain
+connection to the same primary (no wait): the price of surviving the primary's death, paid on
+every submission (the workers run those jobs meanwhile, as they would any).
+
 Then the stream stops and every accepted job (an id ``jobs.submit`` returned) must end: *lost*
 counts accepted ids the ledger does not hold or that did not end COMPLETED, *run twice* the jobs
 whose script ran more than once. Sentinel itself waits ``down-after-milliseconds`` before it even
@@ -34,6 +39,7 @@ from conductor.jobs import JobState, JobSubmission
 from conductor.store import UNREACHABLE, NotReplicated, connect
 
 from .infra import BenchError
+from .scenarios import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support import Node, SentinelCluster, running, wait_until  # noqa: E402  (tests/ shares its real parts)
@@ -53,6 +59,8 @@ class FailoverRound:
     lost: int
     twice: int
     down_after_ms: int  # Sentinel's: it waits this long before it even suspects the primary
+    submit_waited: list[float]  # seconds per jobs.submit through the sentinels (WAIT 1)
+    submit_plain: list[float]  # the same, alternating, on a plain connection to the same primary
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,20 @@ def _starts(runs: Path) -> dict[int, list[float]]:
     return found
 
 
-def one_round(directory: Path) -> FailoverRound:
+def submit_cost(config: Path, url: str, samples: int) -> tuple[list[float], list[float]]:
+    """Seconds per submission with WAIT 1 and without, alternating."""
+    submission = JobSubmission.model_validate({"job": {"name": "wait-cost"}, "script": "#!/bin/bash\ntrue\n"})
+    waited, plain = connect(load_settings(config)), connect(url)
+    times: dict[int, list[float]] = {id(waited): [], id(plain): []}
+    for _ in range(samples):
+        for connection in (waited, plain):
+            began = time.perf_counter()
+            jobs.submit(connection, submission)
+            times[id(connection)].append(time.perf_counter() - began)
+    return times[id(waited)], times[id(plain)]
+
+
+def one_round(directory: Path, submits: int) -> FailoverRound:
     """One cluster, one failover; see the module docstring for what each figure spans."""
     runs = directory / "runs"
     script = f'#!/bin/bash\necho "$SLURM_JOB_ID $EPOCHREALTIME" >> {runs}\nsleep 0.1\n'
@@ -128,6 +149,7 @@ def one_round(directory: Path) -> FailoverRound:
                     REDIS_SENTINELS=cluster.addresses, REDIS_SENTINEL_MASTER=cluster.MASTER)
         with running(node):
             workers = node.start_workers(WORKERS)
+            submit_waited, submit_plain = submit_cost(node.config, cluster.primary.url, submits)
             names = [load_settings(node.config).worker_name(w.index) for w in workers]
             with running(Stream(node.config, script, SUBMIT_PER_SECOND).start()) as stream:
                 wait_until(lambda: len(_starts(runs)) >= 10 or stream.unexpected, timeout=60,
@@ -172,13 +194,13 @@ def one_round(directory: Path) -> FailoverRound:
             lost = sum(1 for v in views if v is None or v["state"] != "COMPLETED")
             twice = sum(1 for times in _starts(runs).values() if len(times) > 1)
     return FailoverRound(promoted, workers_back - killed_at, started - killed_at, len(ids), stream.refused,
-                         lost, twice, cluster.down_after_ms)
+                         lost, twice, cluster.down_after_ms, submit_waited, submit_plain)
 
 
-def measure(directory: Path, rounds: int, say: Callable[[str], None]) -> Failover:
+def measure(directory: Path, rounds: int, submits: int, say: Callable[[str], None]) -> Failover:
     found = []
     for i in range(rounds):
-        found.append(one_round(directory / f"round-{i}"))
+        found.append(one_round(directory / f"round-{i}", submits))
         r = found[-1]
         say(f"failover round {i + 1}: promoted {r.promoted:.2f} s, workers back {r.workers_back:.2f} s, "
             f"new job started {r.new_job_started:.2f} s; {r.accepted} accepted, {r.lost} lost, {r.twice} run twice")
@@ -192,12 +214,22 @@ def table(found: Failover) -> str:
         return f"{found.median(field):.2f} s{spread}"
 
     total = sum(r.accepted for r in found.rounds)
+    waited = [t for r in found.rounds for t in r.submit_waited]
+    plain = [t for r in found.rounds for t in r.submit_plain]
+
+    def ms(values: list[float]) -> str:
+        return f"{1000 * percentile(values, 0.5):.2f} / {1000 * percentile(values, 0.99):.2f} ms"
+
     return "\n".join([
         "| SIGKILL of the primary -> | seconds, median (range) |",
         "|---|---|",
         f"| sentinels promote the replica | {cell('promoted')} |",
         f"| every worker beats on the new primary | {cell('workers_back')} |",
         f"| a job submitted after the kill starts | {cell('new_job_started')} |",
+        "",
+        "| `jobs.submit` from Python, p50 / p99 | without WAIT | with WAIT 1 (sentinels) |",
+        "|---|---|---|",
+        f"| {len(waited)} each, alternating, same primary | {ms(plain)} | {ms(waited)} |",
         "",
         f"{len(found.rounds)} round(s), down-after-milliseconds {found.rounds[0].down_after_ms}; "
         f"{total} jobs accepted, {sum(r.refused for r in found.rounds)} submissions refused and retried; "

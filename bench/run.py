@@ -63,6 +63,7 @@ class Size:
     cli_rounds: int = 15  # turns of the command-line timings (each command once per turn)
     cli_stored: int = 10_000  # ended jobs in Redis while the commands are timed
     failover_rounds: int = 3  # Sentinel failovers, each on a fresh cluster (about 17 s apiece)
+    failover_submits: int = 100  # submissions timed with WAIT 1 and as many without, per round
 
 
 FULL = Size(
@@ -78,7 +79,7 @@ QUICK = Size(
     restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
     redis_workers=2, redis_jobs=20, cluster_nodes=(1, 2), cluster_workers_per_node=1,
     read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5, cli_rounds=1, cli_stored=500,
-    failover_rounds=1,
+    failover_rounds=1, failover_submits=10,
 )
 
 
@@ -195,6 +196,6 @@ def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
         f"with {size.cli_stored:,} stored jobs")
     cli = cli_timings(workdir / "cli", size.cli_rounds, size.cli_stored)
     say(f"Redis failover: primary SIGKILLed under a job stream, {size.failover_rounds} round(s)")
-    failed_over = failover.measure(workdir / "failover", size.failover_rounds, say)
+    failed_over = failover.measure(workdir / "failover", size.failover_rounds, size.failover_submits, say)
     return Results(size, machine.describe(), found, placement, cluster, job_cpu(scripts.trivial),
                    time.monotonic() - started, notes, reads, cli=cli, failover=failed_over)

@@ -41,5 +41,5 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     for moment in ("sentinels promote the replica", "every worker beats on the new primary",
                    "a job submitted after the kill starts"):
         assert f"| {moment} |" in report
-    assert "jobs lost: 0, run twice: 0" in report
+    assert "jobs lost: 0, run twice: 0" in report and "| with WAIT 1 (sentinels) |" in report
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
