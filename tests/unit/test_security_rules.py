@@ -162,7 +162,7 @@ def test_an_unauthenticated_request_is_answered_401_without_reading_its_body():
 ])
 def test_the_role_shows_app_properties_in_diff_only_without_secrets(tmp_path, url, token, shown):
     """The role's guard missed `?password=`; Ansible evaluates the role's own expression here."""
-    task = next(t for t in yaml.safe_load((REPO / "ansible/roles/conductor/tasks/config.yml").read_text())
+    task = next(t for t in yaml.safe_load((REPO / "ansible/roles/conductor/tasks/converge.yml").read_text())
                 if "diff" in t)
     variables = tmp_path / "vars.json"
     variables.write_text(json.dumps({"conductor_redis_url": url, "conductor_api_token": token,
