@@ -23,6 +23,13 @@ from systemd_node import SOURCE, WHEELHOUSE, SystemdNode
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--ansible-playbook", default=None, metavar="PATH",
+        help="the ansible-playbook the Ansible tests run as an operator would: an operator's own (installed "
+             "with pip or apt), without this environment's bin directory on PATH. Default: this environment's")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     reason = hosts.unavailable()
     if reason:

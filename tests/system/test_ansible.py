@@ -84,6 +84,7 @@ class Cluster:
     wheelhouse: Path
     api_port: int
     api_token: str
+    ansible_playbook: Path | None = None  # an operator's own; None: this environment's (BIN)
     vars: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: int = 0
 
@@ -128,6 +129,7 @@ class Cluster:
             "conductor_total_memory": "4G",
             "conductor_source_dir": self.source,
             "conductor_wheelhouse": self.wheelhouse,
+            # The nodes' Python minor version is this machine's: any Python of it with pip builds the wheels.
             "conductor_wheelhouse_python": sys.executable,
         }
         lines += ["", "[compute:vars]", *(f"{k}={text(v)}" for k, v in common.items())]
@@ -137,7 +139,8 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "CONDUCTOR_", "PYTEST_"))}
         env.pop("RELIABILITY_REPORT", None)
         env.update({
-            "PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+            # An operator's own ansible-playbook runs without this environment on PATH.
+            "PATH": f"{self.ansible_playbook.parent if self.ansible_playbook else BIN}:{env.get('PATH', '/usr/bin:/bin')}",
             "ANSIBLE_CONFIG": str(ROOT / "ansible" / "ansible.cfg"),
             "ANSIBLE_HOME": str(self.workdir / "ansible-home"),
             "ANSIBLE_NOCOLOR": "1",
@@ -149,7 +152,7 @@ class Cluster:
     def start_playbook(self, *args: str) -> tuple[subprocess.Popen[str], Path]:
         self.runs += 1
         log = self.workdir / f"playbook-{self.runs:02d}.log"
-        command = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), str(PLAYBOOK), *args]
+        command = [str(self.ansible_playbook or BIN / "ansible-playbook"), "-i", str(self.inventory), str(PLAYBOOK), *args]
         handle = open(log, "w")
         handle.write(f"# {' '.join(command)}\n")
         handle.flush()
@@ -263,8 +266,19 @@ def snapshot(destination: Path) -> Path:
     return destination
 
 
+def operator_ansible_playbook(config: pytest.Config) -> Path | None:
+    """The --ansible-playbook given, checked: a path that runs, or None for this environment's own."""
+    given = config.getoption("--ansible-playbook")
+    if not given:
+        return None
+    found = shutil.which(given)
+    if found is None:
+        raise pytest.UsageError(f"--ansible-playbook {given}: no such executable")
+    return Path(found)
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     require("redis-server")
     if shutil.which("ssh") is None:
         pytest.skip("the Ansible system tests need an ssh client (Debian: openssh-client)")
@@ -277,7 +291,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         with hosts.booted(names, workdir / "hosts") as booted:
             print(f"\nansible tier: {len(booted)} hosts booted in {time.monotonic() - started:.1f} s")
             cluster = Cluster(hosts=booted, redis=redis, workdir=workdir, source=snapshot(workdir / "source"),
-                              wheelhouse=workdir / "wheelhouse", api_port=free_port(), api_token=uuid.uuid4().hex)
+                              wheelhouse=workdir / "wheelhouse", api_port=free_port(), api_token=uuid.uuid4().hex,
+                              ansible_playbook=operator_ansible_playbook(request.config))
             first, second = names
             cluster.vars = {
                 first: {"conductor_total_cpus": 4, "conductor_worker_concurrency": 2, "conductor_api_enabled": True,
