@@ -11,7 +11,8 @@ what must not be in the checkout:
   on its command line, where ``ps`` would show it) and to the services in REDIS_URL;
 - JOB_USER=conductor-job when run by root and app.properties names no JOB_USER, so that jobs
   never run as the service user, which can read that copy, the password and the workers'
-  environment.
+  environment. Run by another user, JOB_USER is emptied: that user can neither create a job
+  user nor switch to one, and everything runs as that user anyway.
 """
 
 from __future__ import annotations
@@ -129,6 +130,18 @@ def redis_conf(port: int, data: Path, secret: str) -> str:
     ])
 
 
+def job_user(configured: str, as_root: bool, in_environment: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """(overrides, defaults) of JOB_USER for the node's copy, given app.properties' value.
+
+    Run by root: conductor-job unless a JOB_USER is named (in the file or the environment, which
+    outranks the file). Run by another user: empty, since that user can neither create a job user
+    nor switch to one (no CAP_SETUID) and the services run as the caller anyway.
+    """
+    if as_root:
+        return {}, ({} if in_environment else {"JOB_USER": DEFAULT_JOB_USER})
+    return ({"JOB_USER": ""} if configured else {}), {}
+
+
 def _quoted(value: str) -> str:
     """A redis.conf argument in double quotes (Redis reads \\" and \\\\ inside them)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -140,10 +153,10 @@ def prepare(source: Path, node: Path, run: Path, service_user: str) -> int:
     settings = parse_properties(source)
     url = os.environ.get("REDIS_URL") or (settings["REDIS_URL"][0] if "REDIS_URL" in settings else
                                            "redis://127.0.0.1:6379/0")
-    overrides: dict[str, str] = {}
-    defaults: dict[str, str] = {}
-    if os.geteuid() == 0 and not os.environ.get("JOB_USER"):
-        defaults["JOB_USER"] = DEFAULT_JOB_USER
+    overrides, defaults = job_user(settings.get("JOB_USER", ("",))[0], os.geteuid() == 0,
+                                   "JOB_USER" in os.environ)
+    if "JOB_USER" in overrides:
+        _say(f"run-local: not run by root: jobs run as {service_user}, not JOB_USER={settings['JOB_USER'][0]}")
     action = "use"
     if answers(url):
         _say(f"run-local: using the Redis that answers at {redacted(url)}")

@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PLAYBOOK = ROOT / "ansible" / "deploy.yml"
 JOB_ROOT = "/var/lib/conductor/jobs"
-RELEASE = f"{JOB_ROOT}/release"  # jobs of these tests run until the test creates this file on their host
+# Jobs of these tests run until the test creates this file on their host. Not in JOB_ROOT: jobs run
+# as JOB_USER (conductor-job, the role's default), whom JOB_ROOT keeps out.
+RELEASE = "/var/lib/conductor-test-release"
 PLAYBOOK_TIMEOUT = 600
 APPLY_TASK = "TASK [conductor : Converge the node with `conductor apply --mode systemd`]"
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)

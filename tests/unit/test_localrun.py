@@ -6,7 +6,7 @@ import os
 import stat
 
 from conductor.config import load_settings
-from conductor.localrun import node_config, password, redis_conf, with_password, write_private
+from conductor.localrun import job_user, node_config, password, redis_conf, with_password, write_private
 
 
 def test_the_node_configuration_replaces_redis_url_adds_defaults_and_keeps_the_rest(tmp_path):
@@ -41,3 +41,13 @@ def test_private_files_are_never_created_readable_by_others(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "redis.conf").stat().st_mode) == 0o640
     assert 'requirepass "p\\"w\\\\"' in (tmp_path / "redis.conf").read_text()
+
+
+def test_job_user_is_conductor_job_for_root_and_emptied_for_another_caller():
+    """A user's `make run` cannot create or switch to JOB_USER: the example file's conductor-job
+    would make every worker refuse to start, so the node's copy empties it."""
+    assert job_user("", as_root=True, in_environment=False) == ({}, {"JOB_USER": "conductor-job"})
+    assert job_user("batch", as_root=True, in_environment=False) == ({}, {"JOB_USER": "conductor-job"})
+    assert job_user("", as_root=True, in_environment=True) == ({}, {})
+    assert job_user("conductor-job", as_root=False, in_environment=False) == ({"JOB_USER": ""}, {})
+    assert job_user("", as_root=False, in_environment=False) == ({}, {})
