@@ -7,6 +7,8 @@
 -- ARGV[1] 'full' (the heartbeat's safety pass) looks at every node and rebuilds OPEN_NODES; any
 -- other pass looks only at the nodes in it, so its cost does not grow with the cluster.
 local full = ARGV[1] == 'full'
+-- Nothing placeable: no pass over the nodes (a job's end with an empty backlog costs one call).
+if not full and redis.call('SCARD', PENDING_CLASSES) == 0 then return {} end
 local candidates = {}
 local open_slots = 0
 for _, name in ipairs(redis.call('SMEMBERS', full and NODES or OPEN_NODES)) do
