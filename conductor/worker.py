@@ -146,11 +146,27 @@ class ConductorRQWorker(SimpleWorker):
         return None
 
     def check_for_suspension(self, burst: bool) -> None:
-        """``rq suspend`` is honoured within a second, without a round trip before every job."""
+        """``rq suspend`` is honoured within a second, without a round trip before every job.
+
+        RQ's loop quits on any error outside its dequeue, and this check is the first command after a
+        job's end: an outage starting then (a failover) would end the worker. It is left to the
+        dequeue's own retries instead.
+        """
         if time.monotonic() - self._suspension_checked < 1.0:
             return
-        super().check_for_suspension(burst)
+        try:
+            super().check_for_suspension(burst)
+        except UNREACHABLE as error:
+            logger.error("could not check for `rq suspend` (Redis unreachable: {}); waiting for jobs again", error)
+            return
         self._suspension_checked = time.monotonic()
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's periodic clean-up; through an outage it waits for the next turn (see :meth:`check_for_suspension`)."""
+        try:
+            super().run_maintenance_tasks()
+        except UNREACHABLE as error:
+            logger.error("RQ's maintenance skipped (Redis unreachable: {})", error)
 
     def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
         if pipeline is None and state == self._state:

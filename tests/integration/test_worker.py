@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support import IS_ROOT, WorkerProcess, conductor, free_port, node_config, wait_until
+from support import IS_ROOT, RedisServer, WorkerProcess, conductor, free_port, node_config, wait_until
 
 BLOCK = '#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\n'
 
@@ -85,6 +85,20 @@ def test_rq_shows_the_workers_and_their_counts_and_keeps_no_per_job_records(make
     assert left == [], left
     info = conductor_rq_info(node.redis.url)
     assert "worker-node-a-1" in info and "worker-node-a-2" in info and "2 workers" in info
+
+
+def test_a_redis_outage_right_after_a_job_does_not_end_the_worker_loop(tmp_path):
+    """Guards against a worker quitting in a failover: RQ's loop ends on any error outside its
+    dequeue's retries, and the suspension check is its first command after a job's end."""
+    from redis import Redis
+
+    from conductor.worker import ConductorRQWorker
+
+    server = RedisServer(tmp_path / "redis").start()
+    worker = ConductorRQWorker(["conductor-node-a"], name="worker-node-a-1", connection=Redis(port=server.port))
+    server.stop()
+    worker.check_for_suspension(burst=False)  # raised ConnectionError, which ended RQ's work loop
+    worker.run_maintenance_tasks()
 
 
 def conductor_rq_info(url: str) -> str:
