@@ -1,4 +1,4 @@
-"""Benchmarks of conductor against what a user would run instead (issue 7).
+"""Benchmarks of conductor against what a user would run instead.
 
 ``python -m bench`` (``make bench``) starts each system under test on its own private
 redis-server and supervisord, measures it with the same scripts, and writes

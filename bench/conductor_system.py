@@ -28,7 +28,7 @@ FINAL_STATES = [keys.state(state) for state in JobState if state.final]
 
 
 def has_api() -> bool:
-    """Whether the HTTP API exists in this checkout (another issue builds it)."""
+    """Whether the HTTP API is installed (its dependencies are an optional extra)."""
     return importlib.util.find_spec("conductor.api") is not None
 
 

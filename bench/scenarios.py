@@ -39,7 +39,7 @@ class Throughput:
 
     @property
     def cpu_total(self) -> float:
-        """What the issue asks for: the system's processes (work-horses and jobs included) plus Redis."""
+        """The whole cost of a job: the system's processes (work-horses and jobs included) plus Redis."""
         return self.cpu_own + self.cpu_children + self.cpu_redis
 
 
