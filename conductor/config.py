@@ -75,6 +75,12 @@ def parse_properties(path: Path) -> dict[str, tuple[str, int]]:
         raise ConfigError(f"{path}: configuration file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot be read: {error}") from None
+    return parse_properties_text(text, str(path))
+
+
+def parse_properties_text(text: str, origin: str) -> dict[str, tuple[str, int]]:
+    """The rules of :func:`parse_properties` applied to text already read (a deployed host's file
+    fetched by testinfra, say); ``origin`` names it in errors."""
     values: dict[str, tuple[str, int]] = {}
     # Only "\n" ends a line: splitlines() would also break at form feeds or U+2028 and could
     # turn a commented-out setting into a live one.
@@ -86,9 +92,9 @@ def parse_properties(path: Path) -> dict[str, tuple[str, int]]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+            raise ConfigError(f"{origin}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
         if key in values:
-            raise ConfigError(f"{path}:{number}: {key} is already set on line {values[key][1]}")
+            raise ConfigError(f"{origin}:{number}: {key} is already set on line {values[key][1]}")
         values[key] = (value.strip(), number)
     return values
 

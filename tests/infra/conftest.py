@@ -20,12 +20,13 @@ or options, that the configuration is the one intended.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+from conductor.config import parse_properties_text
 
 CONFIG = "/etc/conductor/app.properties"
 UNIT_DIR = "/etc/systemd/system"
@@ -56,16 +57,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def parse_properties(text: str) -> dict[str, str]:
-    """app.properties by conductor's rules: KEY=VALUE, '#' comments (inline after whitespace)."""
-    values = {}
-    for raw in text.splitlines():
-        line = re.split(r"\s#", raw, maxsplit=1)[0].strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip().upper()] = value.strip()
-    return values
+def parse_properties(text: str, origin: str = CONFIG) -> dict[str, str]:
+    """A host's app.properties read by conductor's own rules (KEY=VALUE, ``#`` comments), so the
+    checks and the node can never disagree about what the file says."""
+    return {key.upper(): value for key, (value, _) in parse_properties_text(text, origin).items()}
 
 
 def _flag(value: Any) -> bool:
@@ -115,7 +110,7 @@ def expected(host, request: pytest.FixtureRequest) -> Expected:
     if not config_file.exists:
         pytest.fail(f"{path} does not exist on {host.backend.get_pytest_id()}: conductor is not deployed there "
                     "(or pass --sudo to read it as root)")
-    properties = parse_properties(config_file.content_string)
+    properties = parse_properties(config_file.content_string, path)
     inventory = _inventory(host)
 
     def pick(opt: str, var: str, key: str, default: Any = None) -> Any:
