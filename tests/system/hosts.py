@@ -286,6 +286,7 @@ class Host:
         """Wait until systemd in the host reports ``running``; raise with the failed units otherwise."""
         deadline = time.monotonic() + timeout
         state = "not started"
+        retried: set[str] = set()
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -300,7 +301,18 @@ class Host:
                     return self
                 if state == "degraded":
                     failed = self.run("systemctl", "--failed", "--no-legend", "--plain", check=False).stdout
-                    raise HostError(f"host {self.name} booted degraded; failed units:\n{failed}")
+                    units = {line.split()[0] for line in failed.splitlines() if line.strip()}
+                    if not units or units & retried:
+                        raise HostError(f"host {self.name} booted degraded; failed units:\n{failed}")
+                    # An operating-system unit failed while the machine was busy booting other hosts
+                    # (seen once: systemd-user-sessions); start it once more before giving up.
+                    log = self.run("journalctl", "--no-pager", "-n", "20", *(f"--unit={u}" for u in units),
+                                   check=False).stdout
+                    print(f"host {self.name}: starting again what failed at boot: {sorted(units)}\n{log}")
+                    retried |= units
+                    self.run("systemctl", "reset-failed", *units, check=False)
+                    self.run("systemctl", "start", *units, check=False, timeout=60)
+                    continue
             time.sleep(0.2)
         raise HostError(f"host {self.name} did not finish booting within {timeout:g} s (state: {state}); "
                         f"console:\n{self._console_tail()}")

@@ -359,6 +359,50 @@ def test_jobs_run_on_both_nodes_at_once(cluster: Cluster) -> None:
     assert [view["state"] for view in ended] == ["COMPLETED"] * 4, ended
 
 
+def test_drain_lets_running_jobs_finish_and_sends_new_ones_to_the_other_node(cluster: Cluster) -> None:
+    """Drain across the cluster, as an operator takes a node out of service: the drained node's
+    running job finishes, the node shows DRAINING then DRAINED, new jobs go to the other node
+    although the drained one has a free worker, and resume puts it back in service."""
+    cluster.hold_jobs()
+    running = cluster.submit("before-drain", cpus=2)
+    drained = wait_until(lambda: (v := cluster.job(running)) and cluster.started(v) and v["node"],
+                         timeout=60, interval=0.2, what="the first job to start")
+    other = next(name for name in cluster.names if name != drained)
+    later: list[int] = []
+    try:
+        node = cluster.api("POST", f"/nodes/{drained}/drain", {"reason": "disk swap"})
+        assert (node["state"], node["reason"]) == ("DRAINING", "disk swap"), node
+        later = [cluster.submit(f"after-drain-{i}", cpus=1) for i in (1, 2)]
+        views = wait_until(lambda: (v := [cluster.job(i) for i in later]) and all(map(cluster.started, v)) and v,
+                           timeout=60, interval=0.2, what="the jobs submitted after the drain to start")
+        assert [view["node"] for view in views] == [other, other], views
+        assert cluster.job(running)["state"] == "RUNNING"
+    finally:
+        cluster.release_jobs()
+    ended = wait_until(lambda: (v := [cluster.job(i) for i in [running, *later]])
+                       and all(j["state"] != "RUNNING" for j in v) and v, timeout=60, interval=0.2,
+                       what="the jobs to end")
+    assert [view["state"] for view in ended] == ["COMPLETED"] * 3, ended
+
+    def node_view(name: str) -> dict[str, Any]:
+        return next(node for node in cluster.api("GET", "/nodes") if node["name"] == name)
+
+    wait_until(lambda: node_view(drained)["state"] == "DRAINED", timeout=60, interval=0.2,
+               what=f"{drained} to show DRAINED once idle")
+    resumed = cluster.api("POST", f"/nodes/{drained}/resume")
+    assert resumed["state"] not in ("DRAINING", "DRAINED") and not resumed["reason"], resumed
+    cluster.hold_jobs()
+    again = [cluster.submit(f"after-resume-{i}", cpus=2) for i in range(1, 5)]  # one per worker of the cluster
+    try:
+        views = wait_until(lambda: (v := [cluster.job(i) for i in again]) and all(map(cluster.started, v)) and v,
+                           timeout=60, interval=0.2, what="four jobs running at once after the resume")
+        assert sorted(view["node"] for view in views) == sorted(cluster.names * 2), views
+    finally:
+        cluster.release_jobs()
+    wait_until(lambda: all(cluster.job(i)["state"] == "COMPLETED" for i in again), timeout=60, interval=0.2,
+               what="the jobs submitted after the resume to complete")
+
+
 def test_scaling_keeps_the_running_workers(cluster: Cluster) -> None:
     """4 -> 2 -> 3 on one node, 2 -> 1 on the other: only added instances start, only surplus ones stop."""
     first, second = cluster.names
