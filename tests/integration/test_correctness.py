@@ -5,8 +5,10 @@ jobs waiting or Redis gone, double runs, orphan clean-up and errors naming their
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import pytest
 
 from conductor import keys, placement, procs, registry, scripts
 from conductor.store import connect
-from support import Node, RedisServer, WorkerProcess, conductor, node_config, wait_until
+from support import (BIN, CHECKOUT_SHARED, PRIVATE_CHECKOUT, Node, RedisServer, WorkerProcess, conductor, node_config,
+                     wait_until, write_config)
 
 BLOCK = "#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\nexit {code}\n"
 
@@ -248,6 +251,68 @@ def test_orphan_clean_up_never_kills_a_process_that_is_not_the_jobs(make_node, t
         assert worker.process.poll() is None
     finally:
         os.kill(unrelated, signal.SIGKILL)
+
+
+@pytest.mark.reliability("fault: an unprivileged worker meets a job's group it may not signal (root-owned)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root-owned group and a worker running as another user need root")
+@pytest.mark.skipif(not CHECKOUT_SHARED, reason=PRIVATE_CHECKOUT)
+def test_an_unprivileged_worker_starts_beside_a_recorded_group_it_may_not_signal(redis_server, tmp_path):
+    """Guards against a worker that exits on every start: a recorded process group whose leader is
+    alive with the recorded start time (so provably the job's) but belongs to root. The worker,
+    under supervisord as SERVICE_USER (`daemon`, no CAP_KILL, jobs as `nobody`), is refused the
+    signal by the kernel, directly and as JOB_USER. Before, that PermissionError ended its start with
+    status 1 (and supervisord restarted it into the same wall); now the refusal is logged, the
+    process is left alive, the stale entry is dropped and the worker runs jobs."""
+    import grp
+    import pwd
+
+    from support import Supervisord, running
+
+    service = pwd.getpwnam("daemon")
+    work = Path(tempfile.mkdtemp(prefix="conductor-refused-kill-"))
+    work.chmod(0o755)
+    leader = subprocess.Popen(["sleep", "300"], start_new_session=True)  # root's, in its own group
+    try:
+        jobs = work / "jobs"
+        jobs.mkdir(mode=0o750)
+        os.chown(jobs, service.pw_uid, service.pw_gid)
+        config = write_config(work / "app.properties", NODE_NAME="rk-node", TOTAL_CPUS=2, TOTAL_MEMORY="1G",
+                              WORKER_CONCURRENCY=1, REDIS_URL=redis_server.url, JOB_ROOT=jobs,
+                              SERVICE_USER="daemon", JOB_USER="nobody", INSTALL_PREFIX=BIN.parent,
+                              HEARTBEAT_INTERVAL=0.5, HEARTBEAT_TTL=2)
+        os.chown(config, 0, grp.getgrnam("daemon").gr_gid)
+        config.chmod(0o640)
+        client = redis_server.client()
+        ticks = procs.start_ticks(leader.pid)
+        field = f"77:{leader.pid}"
+        client.hset(keys.node_process_groups("rk-node"), field,
+                    f"{leader.pid} {ticks} {registry.HOST} rk-node-9 {procs.BOOT}")  # a dead worker's job
+        with running(Supervisord(work / "supervisor")) as supervisord:
+            conductor("render", "supervisord", "--out", str(supervisord.conf_d), config=config)
+            supervisord.start()
+
+            def log() -> str:
+                return supervisord.ctl("tail", "-100000", "conductor-worker-1", check=False).stdout
+
+            wait_until(lambda: not client.hexists(keys.node_process_groups("rk-node"), field),
+                       what=f"the worker to deal with the recorded group: {log()}")
+            first_pid = int(wait_until(lambda: client.hget("worker:rk-node-1", "pid"),
+                                       what=f"the worker to register: {log()}"))
+            assert os.stat(f"/proc/{first_pid}").st_uid == service.pw_uid
+            assert alive(leader.pid) and procs.start_ticks(leader.pid) == ticks
+            wait_until(lambda: f"not allowed to kill process {leader.pid} of job 77" in log(),
+                       what=f"the refusal to be logged: {log()}")
+            job_id = int(conductor("submit", "-", config=config, input="#!/bin/bash\necho ran\n").stdout)
+            wait_until(lambda: client.hget(keys.job(job_id), "state") in ("COMPLETED", "FAILED"),
+                       what=f"job {job_id} to end: {log()}")
+            assert client.hget(keys.job(job_id), "state") == "COMPLETED"
+            assert supervisord.status()["conductor-worker-1"] == ("RUNNING", first_pid)  # never restarted
+            assert "exited: conductor-worker-1" not in (work / "supervisor" / "supervisord.log").read_text()
+            assert alive(leader.pid)
+    finally:
+        leader.kill()
+        leader.wait()
+        shutil.rmtree(work)
 
 
 @pytest.mark.reliability("bad input: unusable JOB_ROOT")
