@@ -172,6 +172,11 @@ class JobSubmission(BaseModel):
 def largest_node(connection: Redis) -> tuple[int, int]:
     """The most CPUs and the most memory any registered node offers.
 
+    A node whose workers have all stopped (DOWN) still counts, as a DOWN node does in Slurm: its
+    restart, reboot or upgrade must not turn submissions of what only it can run into errors. Such a
+    job waits PENDING (reason ReqNodeNotAvail) and holds back no other job: placement looks only at
+    nodes with a free worker slot, and at the oldest job of each class that fits one.
+
     One read of what nodes last declared (:data:`keys.LARGEST_NODE`); every node is read only when
     that is missing (books written by an older release).
     """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,45 @@ def test_two_nodes_a_drained_node_keeps_what_only_it_can_run_pending_and_resume_
     done = a.wait_state(big, "COMPLETED")
     assert done["node"] == "node-a" and (a.directory / "jobs" / str(big) / f"slurm-{big}.out").read_text() == "big\n"
     assert node_state(a.config, "node-a") == "IDLE"
+
+
+def test_a_node_whose_workers_left_still_counts_at_submit_and_its_jobs_block_nobody(
+        make_node, tmp_path: Path) -> None:
+    """A big node whose workers have all stopped (it left: DOWN) still counts when a submission is
+    checked, as a DOWN node does in Slurm: a restart, reboot or upgrade of the big node must not turn
+    its jobs into errors. What only it can run waits PENDING with reason ReqNodeNotAvail, and hundreds
+    of such jobs hold back no job that a live node can run: a later small job starts at once on the
+    small node's idle worker. A job larger than every node that ever registered is still refused, and
+    the big node's return runs the oldest waiting job."""
+    from conductor import jobs
+    from conductor.jobs import JobSubmission
+
+    a = make_node("node-a", TOTAL_CPUS=8, WORKER_CONCURRENCY=1)
+    b = make_node("node-b", TOTAL_CPUS=2, WORKER_CONCURRENCY=1)
+    (big_worker,) = a.start_workers(1)
+    b.start_workers(1)
+    big_worker.signal(signal.SIGTERM)  # node-a's last worker leaves
+    assert big_worker.wait() == 0
+    assert node_state(b.config, "node-a") == "DOWN" and node_state(b.config, "node-b") == "IDLE"
+
+    first = b.submit("#!/bin/bash\necho big\n", "-c", "4")  # the CLI accepts it: exit 0, an id
+    connection = b.redis.client()
+    backlog = [jobs.submit(connection, JobSubmission.model_validate(
+        {"job": {"cpus_per_task": 4, "name": f"big-{i}"}, "script": "true\n"})) for i in range(300)]
+    small = b.submit("#!/bin/bash\necho small\n", "-c", "1")
+    assert b.wait_state(small, "COMPLETED")["node"] == "node-b"
+    listed = {j["id"]: j for j in json.loads(conductor("jobs", "--json", "--limit", "1000", config=b.config).stdout)}
+    assert (listed[first]["state"], listed[first]["pending_reason"]) == ("PENDING", "ReqNodeNotAvail")
+    assert all(listed[job_id]["state"] == "PENDING" for job_id in backlog)
+
+    refused = conductor("submit", "-c", "9", "-", config=b.config, input="#!/bin/bash\ntrue\n", check=False)
+    assert refused.returncode == 2 and "the largest node offers 8" in refused.stderr
+
+    for job_id in backlog:
+        jobs.cancel(connection, job_id)
+    a.start_worker(1)  # node-a is back
+    done = a.wait_state(first, "COMPLETED")
+    assert done["node"] == "node-a" and (a.directory / "jobs" / str(first) / f"slurm-{first}.out").read_text() == "big\n"
 
 
 def test_pending_reason_says_partition_nodes_drained_and_drain_survives_restarts(tmp_path: Path, make_node) -> None:
