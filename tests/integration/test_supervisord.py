@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
+import pytest
+
+from conductor import keys
 from support import BIN, conductor, node_config, wait_until
 
 
@@ -80,3 +84,45 @@ def test_stopping_a_busy_worker_lets_its_job_finish(tmp_path, redis_server, supe
     stop.wait(timeout=60)
     assert client.hget(f"conductor:job:{job_id}", "state") == "COMPLETED"
     assert supervisord.status()["conductor-worker-1"][0] == "STOPPED"
+
+
+@pytest.mark.reliability("fault: Redis paused longer than HEARTBEAT_TTL under running jobs, workers under supervisord")
+def test_a_redis_pause_longer_than_the_ttl_restarts_no_worker_and_kills_no_job(tmp_path, redis_server, supervisord):
+    """Redis frozen (SIGSTOP) for well over HEARTBEAT_TTL while both workers of a supervisord node
+    run jobs. Every worker record expires meanwhile; when Redis thaws, no worker may reap another
+    or kill its job as an orphan, and none may exit (supervisord would restart it, hiding the fault
+    behind a new PID): both keep their PIDs, each job ends with its own exit status, the --requeue
+    job is not requeued, and the node's books return to zero."""
+    config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=2, HEARTBEAT_INTERVAL=1, HEARTBEAT_TTL=3)
+    render(config, supervisord)
+    supervisord.start()
+    client = redis_server.client()
+    wait_until(lambda: all(registered_pid(client, f"node-a-{i}") for i in (1, 2)), what="two workers")
+    before = wait_until(lambda: all_running(supervisord, 2), what="both programs RUNNING")
+    releases = [tmp_path / "go-1", tmp_path / "go-2"]
+    block = "#!/bin/bash\nwhile [ ! -e {} ]; do sleep 0.05; done\nexit {}\n"
+    plain = int(conductor("submit", "-", config=config, input=block.format(releases[0], 7)).stdout)
+    requeue = int(conductor("submit", "--requeue", "-", config=config, input=block.format(releases[1], 0)).stdout)
+    for job_id in (plain, requeue):
+        wait_until(lambda j=job_id: client.hget(keys.job(j), "worker"), what=f"job {job_id} to be claimed")
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        time.sleep(8)  # the fault itself: Redis frozen well beyond HEARTBEAT_TTL
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    wait_until(lambda: all(client.exists(f"worker:node-a-{i}") for i in (1, 2)), timeout=30,
+               what="both workers to register again")
+    for _ in range(4):  # heartbeats from anyone, each of which may reap or kill orphans
+        last = client.hget(keys.LIVENESS, "last_beat")
+        wait_until(lambda: client.hget(keys.LIVENESS, "last_beat") != last, what="another heartbeat")
+    assert client.hget(keys.job(requeue), "state") == "RUNNING"
+    assert client.hget(keys.job(requeue), "requeued") == "0"
+    for release in releases:
+        release.touch()
+    for job_id, code in ((plain, "7"), (requeue, "0")):
+        wait_until(lambda j=job_id: client.hget(keys.job(j), "state") not in ("PENDING", "RUNNING"),
+                   what=f"job {job_id} to end")
+    assert client.hmget(keys.job(plain), "state", "exit_code") == ["FAILED", "7"]
+    assert client.hmget(keys.job(requeue), "state", "exit_code", "requeued") == ["COMPLETED", "0", "0"]
+    assert supervisord.status() == before  # no worker exited and came back with a new PID
+    assert client.hmget(keys.node("node-a"), "allocated_cpus", "allocated_memory") == ["0", "0"]
