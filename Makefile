@@ -48,5 +48,5 @@ deploy: $(READY)  ## ansible-playbook ansible/deploy.yml against INVENTORY
 verify: $(READY)  ## testinfra checks of the nodes of INVENTORY
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest tests/infra --hosts='ansible://compute' --ansible-inventory=$(INVENTORY)
 
-clean: stop
-	rm -rf run supervisord.conf
+clean: stop  ## stop the local node, then remove run/, supervisord.conf and this checkout's copy under /var/lib/conductor-local
+	deploy/run-local.sh clean

@@ -8,6 +8,8 @@
 #           workers that were added or removed start or stop.
 #   status  supervisorctl status.
 #   stop    stop the workers (each finishes its job first), supervisord and the Redis it started.
+#   clean   stop, then remove what `start` made for this checkout: run/, supervisord.conf and, when
+#           it exists, the copy under /var/lib/conductor-local/<checkout> (that checkout's only).
 #
 # Everything lives in run/. Started by root, the services run as an unprivileged user (created
 # when missing), because workers refuse to run jobs as root.
@@ -38,9 +40,12 @@ private_checkout() {
 # commonest first run), the node runs from a copy the service user can read: the package in a
 # virtual environment of its own and the node's files, under /var/lib/conductor-local/<checkout>.
 # Root keeps using the checkout's own .venv for the commands it runs itself.
+# The copy's place is named after the checkout's path, so each checkout has its own and `clean`
+# removes this one's only.
+COPY=/var/lib/conductor-local/$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)
 LOCAL=""
 if [[ $(id -u) -eq 0 ]] && private_checkout; then
-    LOCAL=/var/lib/conductor-local/$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)
+    LOCAL=$COPY
     RUN=$LOCAL/run
     PREFIX=$LOCAL/venv
 fi
@@ -61,6 +66,18 @@ export INSTALL_PREFIX=$PREFIX
 
 setting() { "$BIN/conductor" check --config "$CONFIG" | sed -n "s/^$1=//p"; }
 ctl() { "$BIN/supervisorctl" -c "$RUN/supervisord.conf" "$@"; }
+
+# Stop the node whose files are in run directory $1 (workers finish their jobs first), if it runs.
+stop_node() {
+    local run=$1 pid
+    local ctl=("$BIN/supervisorctl" -c "$run/supervisord.conf")
+    if [[ -f $run/supervisor/supervisord.pid ]] && "${ctl[@]}" pid >/dev/null 2>&1; then
+        echo "run-local: stopping the workers (each finishes its current job first), Redis and supervisord"
+        "${ctl[@]}" shutdown >/dev/null
+        pid=$(cat "$run/supervisor/supervisord.pid" 2>/dev/null || true)
+        while [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    fi
+}
 
 # The node is `conductor apply` in supervisord mode on a node of its own (run/): the service
 # user, the directories, the programs, this supervisord. Its check mode runs first: when the
@@ -199,15 +216,24 @@ status)
     ctl status
     ;;
 stop)
-    if [[ -f $RUN/supervisor/supervisord.pid ]] && ctl pid >/dev/null 2>&1; then
-        echo "run-local: stopping the workers (each finishes its current job first), Redis and supervisord"
-        ctl shutdown >/dev/null
-        pid=$(cat "$RUN/supervisor/supervisord.pid" 2>/dev/null || true)
-        while [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    stop_node "$RUN"
+    ;;
+clean)
+    # Both places, whichever this checkout used: it may have been closed or opened since `start`.
+    stop_node "$ROOT/run"
+    [[ ! -d $COPY ]] || stop_node "$COPY/run"
+    rm -rf "$ROOT/run" "$ROOT/supervisord.conf"
+    if [[ -d $COPY ]]; then
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "run-local: $COPY (this checkout's copy) is root's: run \`make clean\` as root to remove it" >&2
+            exit 1
+        fi
+        echo "run-local: removing this checkout's copy $COPY"
+        rm -rf "$COPY"
     fi
     ;;
 *)
-    echo "usage: $0 start|reload|status|stop" >&2
+    echo "usage: $0 start|reload|status|stop|clean" >&2
     exit 2
     ;;
 esac

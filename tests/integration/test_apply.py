@@ -162,6 +162,67 @@ def test_make_run_as_root_from_a_0700_home_runs_the_node_from_a_copy():
     assert stopped.returncode == 0 and "stopping the workers" in stopped.stdout, stopped.stdout + stopped.stderr
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="the copy under /var/lib/conductor-local is made only by root's make run")
+@pytest.mark.parametrize("home_mode", [0o700, 0o755], ids=["private-home", "home-opened-since-make-run"])
+def test_make_clean_stops_the_node_and_removes_this_checkouts_copy_only(home_mode):
+    """`make clean` left behind what `make run` as root installs for a checkout in a 0700 home (a
+    virtual environment, app.properties, the Redis password, job outputs under
+    /var/lib/conductor-local/<checkout>). Now it stops the node running from there first (its
+    supervisord and programs end), then removes that copy, run/ and supervisord.conf; the copy of
+    another checkout beside it is kept. So it does when the home was opened since `make run` (then
+    `make stop` alone looks in run/ and would not find that node)."""
+    import hashlib
+
+    home = Path(tempfile.mkdtemp(prefix="home-"))
+    home.chmod(home_mode)  # 0700: make run used the copy
+    clone = home / "conductor"
+    (clone / "deploy").mkdir(parents=True)
+    shutil.copy2(ROOT / "Makefile", clone / "Makefile")
+    shutil.copy2(ROOT / "deploy" / "run-local.sh", clone / "deploy" / "run-local.sh")
+    os.symlink(ROOT / ".venv", clone / ".venv")
+    base = Path("/var/lib/conductor-local")
+    copy = base / hashlib.sha1(str(clone).encode()).hexdigest()[:12]
+    other = base / hashlib.sha1(str(home / "another-checkout").encode()).hexdigest()[:12]
+    run = copy / "run"
+    (run / "supervisor").mkdir(parents=True)
+    (run / "log").mkdir()
+    (copy / "redis-password").write_text("secret\n")
+    (other / "run").mkdir(parents=True)
+    (other / "app.properties").write_text("NODE_NAME=another\n")
+    (clone / "run").mkdir()
+    os.symlink(run / "supervisord.conf", clone / "supervisord.conf")  # as make run leaves it
+    # The node as run-local.sh lays it out: its supervisord, socket and pid file in the copy's run/.
+    (run / "supervisord.conf").write_text(
+        f"[unix_http_server]\nfile={run}/supervisor/supervisor.sock\nchmod=0700\n\n"
+        f"[supervisord]\nlogfile={run}/log/supervisord.log\npidfile={run}/supervisor/supervisord.pid\n"
+        f"childlogdir={run}/log\nnodaemon=true\n\n"
+        "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+        f"[supervisorctl]\nserverurl=unix://{run}/supervisor/supervisor.sock\n\n"
+        "[program:conductor-worker-1]\ncommand=/bin/sleep 31993\nstopsignal=TERM\n")
+    supervisord = subprocess.Popen([str(ROOT / ".venv" / "bin" / "supervisord"), "-c", str(run / "supervisord.conf")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ctl = [str(ROOT / ".venv" / "bin" / "supervisorctl"), "-c", str(run / "supervisord.conf"), "status"]
+        wait_until(lambda: "RUNNING" in subprocess.run(ctl, capture_output=True, text=True).stdout,
+                   what="the copy's node to run")
+        result = subprocess.run(["make", "-C", str(clone), "clean"], capture_output=True, text=True,
+                                env=clean_env(), timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert supervisord.wait(timeout=60) == 0  # stopped first, through its own supervisorctl
+        assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p) == b"/bin/sleep\x0031993\x00"]
+        assert "stopping the workers" in result.stdout and f"removing this checkout's copy {copy}" in result.stdout
+        assert not copy.exists() and not (clone / "run").exists()
+        assert not (clone / "supervisord.conf").is_symlink()
+        assert (other / "app.properties").read_text() == "NODE_NAME=another\n"  # another checkout's: kept
+    finally:
+        if supervisord.poll() is None:
+            supervisord.kill()
+            supervisord.wait()
+        shutil.rmtree(home)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(other)
+
+
 def _cmdline(proc: Path) -> bytes:
     try:
         return proc.joinpath("cmdline").read_bytes()
