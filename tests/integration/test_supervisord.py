@@ -66,7 +66,11 @@ def test_a_killed_worker_comes_back_by_itself(tmp_path, redis_server, supervisor
     assert wait_until(lambda: all_running(supervisord, 1))["conductor-worker-1"] == ("RUNNING", second)
 
 
+@pytest.mark.reliability("fault: supervisorctl stop of the last worker of a node with a job waiting")
 def test_stopping_a_busy_worker_lets_its_job_finish(tmp_path, redis_server, supervisord):
+    """`supervisorctl stop` of a node's only worker while it runs a job and another waits: the job
+    finishes COMPLETED; the waiting one is not placed on the leaving slot (it would stay RUNNING with
+    no worker) but waits PENDING, and runs when the program starts again."""
     config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=1)
     render(config, supervisord)
     supervisord.start()
@@ -76,6 +80,7 @@ def test_stopping_a_busy_worker_lets_its_job_finish(tmp_path, redis_server, supe
     job_id = int(conductor("submit", "-", config=config,
                            input=f"#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\n").stdout)
     wait_until(lambda: client.hget(f"conductor:job:{job_id}", "worker"), what="the job to be claimed")
+    waiting = int(conductor("submit", "-", config=config, input="#!/bin/bash\ntrue\n").stdout)
     stop = subprocess.Popen([str(BIN / "supervisorctl"), "-c", str(supervisord.config), "stop", "conductor-worker-1"],
                             stdout=subprocess.PIPE, text=True)
     wait_until(lambda: supervisord.status()["conductor-worker-1"][0] == "STOPPING", what="the worker to be stopping")
@@ -84,6 +89,10 @@ def test_stopping_a_busy_worker_lets_its_job_finish(tmp_path, redis_server, supe
     stop.wait(timeout=60)
     assert client.hget(f"conductor:job:{job_id}", "state") == "COMPLETED"
     assert supervisord.status()["conductor-worker-1"][0] == "STOPPED"
+    assert client.hmget(keys.job(waiting), "state", "node") == ["PENDING", ""]
+    assert client.hmget(keys.node("node-a"), "allocated_cpus", "allocated_memory") == ["0", "0"]
+    supervisord.ctl("start", "conductor-worker-1")
+    wait_until(lambda: client.hget(keys.job(waiting), "state") == "COMPLETED", what=f"job {waiting} to run")
 
 
 @pytest.mark.reliability("fault: Redis paused longer than HEARTBEAT_TTL under running jobs, workers under supervisord")
@@ -126,3 +135,36 @@ def test_a_redis_pause_longer_than_the_ttl_restarts_no_worker_and_kills_no_job(t
     assert client.hmget(keys.job(requeue), "state", "exit_code", "requeued") == ["COMPLETED", "0", "0"]
     assert supervisord.status() == before  # no worker exited and came back with a new PID
     assert client.hmget(keys.node("node-a"), "allocated_cpus", "allocated_memory") == ["0", "0"]
+
+
+@pytest.mark.reliability("fault: SIGKILL of a busy worker under supervisord, then cancel")
+def test_a_cancel_sent_after_a_killed_worker_is_honoured_by_its_restarted_instance(tmp_path, redis_server, supervisord):
+    """A busy worker SIGKILLed under supervisord, its --requeue job cancelled at once: the instance
+    supervisord starts in its place (which reaps its predecessor itself, not the cluster's reaper
+    after HEARTBEAT_TTL) ends the job CANCELLED, not requeued, so it never runs again; the killed
+    worker's job processes are gone and the new instance runs the next job."""
+    from conductor import jobs, procs
+
+    config = node_config(tmp_path, redis_server, WORKER_CONCURRENCY=1)
+    render(config, supervisord)
+    supervisord.start()
+    client = redis_server.client()
+    first = wait_until(lambda: registered_pid(client, "node-a-1"), what="worker 1")
+    runs = tmp_path / "runs"
+    job_id = int(conductor("submit", "--requeue", "-", config=config,
+                           input=f"#!/bin/bash\necho $$ >> {runs}\nsleep 300\n").stdout)
+    wait_until(lambda: runs.exists() and runs.read_text().strip(), what="the job to start")
+    script_pid = int(runs.read_text().split()[0])
+    os.kill(first, signal.SIGKILL)
+    assert jobs.cancel(client, job_id) == "signalled"  # its worker is gone; the ledger does not know yet
+    second = wait_until(lambda: (pid := registered_pid(client, "node-a-1")) != first and pid,
+                        what="the restarted worker to register")
+    wait_until(lambda: client.hget(keys.job(job_id), "state") not in ("RUNNING", "PENDING"),
+               what=f"job {job_id} to end: {client.hgetall(keys.job(job_id))}")
+    assert client.hmget(keys.job(job_id), "state", "requeued") == ["CANCELLED", "0"]
+    wait_until(lambda: procs.start_ticks(script_pid) is None, what="the killed worker's job script to be killed")
+    assert len(runs.read_text().split()) == 1
+    assert client.hmget(keys.node("node-a"), "allocated_cpus", "allocated_memory") == ["0", "0"]
+    after = int(conductor("submit", "-", config=config, input="#!/bin/bash\ntrue\n").stdout)
+    wait_until(lambda: client.hget(keys.job(after), "state") == "COMPLETED", what=f"job {after} to complete")
+    assert client.hget(keys.job(after), "worker") == "node-a-1" and registered_pid(client, "node-a-1") == second
