@@ -25,7 +25,8 @@ import os
 import pwd
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -94,9 +95,9 @@ V2 = Layout(
     freeze=("", "cgroup.freeze"),
 )
 V2_CONTROLLERS = ("cpuset", "cpu", "memory", "pids")
-# Joining a v1 hierarchy costs the kernel an RCU grace period (milliseconds), so a job joins only
-# those it needs: the CPU controller only for a bandwidth quota, the freezer never (the end of a
-# job kills the group's processes again and again until it is empty, which the pids limit bounds).
+# Each v1 hierarchy a job joins is a directory to make, join and remove, so a job joins only those
+# it needs: the CPU controller only for a bandwidth quota, the freezer never (the end of a job
+# kills the group's processes again and again until it is empty, which the pids limit bounds).
 V1_ALWAYS = ("memory", "cpuset", "pids", "cpuacct")
 LAYOUTS = {Mode.V1: V1, Mode.V2: V2}
 
@@ -124,19 +125,23 @@ class Usage:
     oom_killed: bool
 
 
-def limit_writes(mode: Mode, limits: Limits, mems: str, has_swap_limit: bool) -> list[tuple[str, str, str]]:
+def limit_writes(mode: Mode, limits: Limits, mems: str, has_swap_limit: bool,
+                 cpuset_inherited: bool = False) -> list[tuple[str, str, str]]:
     """The (hierarchy, file, value) writes that set ``limits`` on a new job group, in order.
 
     Pure, so the mapping of both versions is unit-tested. v1 cpusets start empty and must be
-    given CPUs and memory nodes before a process may join; v2 ones inherit their parent's.
+    given CPUs and memory nodes before a process may join, unless the parent has
+    ``cgroup.clone_children`` set (``cpuset_inherited``: :func:`prepare` sets it), which makes the
+    kernel copy the parent's at creation; v2 ones always inherit their parent's.
     """
     layout = LAYOUTS[mode]
+    v1_empty = mode is Mode.V1 and not cpuset_inherited
     writes: list[tuple[str, str, str]] = []
-    if mode is Mode.V1:
+    if v1_empty:
         writes.append((*layout.mems, mems))
     if limits.cpu_ids is not None:
         writes.append((*layout.cpus, ",".join(str(c) for c in sorted(limits.cpu_ids))))
-    elif mode is Mode.V1:
+    elif v1_empty:
         writes.append((*layout.cpus, "PARENT"))
     if limits.cpu_ids is None:
         quota = limits.cpus * CFS_PERIOD_US
@@ -190,9 +195,39 @@ def _directory(mode: Mode, hierarchy: str, relative: str) -> Path:
     return base / relative.strip("/") if relative.strip("/") else base
 
 
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as file:
-        file.write(value)
+# A job's files are read and written with plain system calls on string paths: a few per job, but
+# on the path of every job, where pathlib and text-mode file objects cost more than the kernel.
+def _write(path: Path | str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path | str) -> str:
+    """A cgroup file's text in one read (these files are small)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536).decode()
+    finally:
+        os.close(fd)
+
+
+def _join_thread(tasks_files: Iterable[str]) -> None:
+    """Move the calling thread, and only it, into the v1 group of each ``tasks`` file.
+
+    ``0`` written to a v1 ``tasks`` file names the writer itself; the kernel moves a single thread
+    that moves itself without the global lock that moving a whole process takes (writing a PID to
+    ``cgroup.procs``), whose every use waits for an RCU grace period: milliseconds per hierarchy,
+    more on a loaded machine. That wait was most of what containment cost per job.
+    """
+    for path in tasks_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
 
 
 @dataclass
@@ -201,20 +236,35 @@ class JobGroup:
 
     mode: Mode
     relative: str
-    directories: dict[str, Path] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)  # hierarchy: directory
 
     @property
     def layout(self) -> Layout:
         return LAYOUTS[self.mode]
 
-    def file(self, entry: tuple[str, str]) -> Path:
-        return self.directories[entry[0]] / entry[1]
+    @property
+    def directories(self) -> dict[str, Path]:
+        return {hierarchy: Path(path) for hierarchy, path in self.paths.items()}
+
+    def file(self, entry: tuple[str, str]) -> str:
+        return f"{self.paths[entry[0]]}/{entry[1]}"
 
     def procs_files(self) -> list[str]:
-        return [str(directory / "cgroup.procs") for directory in self.directories.values()]
+        return [f"{path}/cgroup.procs" for path in self.paths.values()]
+
+    def tasks_files(self) -> list[str]:
+        return [f"{path}/tasks" for path in self.paths.values()]
 
     def enter(self) -> None:
-        """Move the calling process into the group (run in the job's child between fork and exec)."""
+        """Move the calling process into the group (run in the job's child between fork and exec).
+
+        The child is single-threaded there, so on v1 moving its one thread (``tasks``, see
+        :func:`_join_thread`) moves the whole process, without the global lock; v2 has no such
+        file for a domain group and takes the process's PID in ``cgroup.procs``.
+        """
+        if self.mode is Mode.V1:
+            _join_thread(self.tasks_files())
+            return
         pid = str(os.getpid()).encode()
         for path in self.procs_files():
             fd = os.open(path, os.O_WRONLY)
@@ -226,51 +276,62 @@ class JobGroup:
     def usage(self) -> Usage:
         layout = self.layout
         peak = self.file(layout.peak)
-        if not peak.exists():  # v2 before Linux 5.19 has no memory.peak: the current value is a floor
-            peak = peak.with_name("memory.current")
-        return parse_usage(self.mode, peak.read_text(), self.file(layout.cpu_usage).read_text(),
-                           self.file(layout.oom_events).read_text())
+        if self.mode is Mode.V2 and not os.path.exists(peak):  # before Linux 5.19 no memory.peak: the current value is a floor
+            peak = self.file(("", "memory.current"))
+        return parse_usage(self.mode, _read(peak), _read(self.file(layout.cpu_usage)),
+                           _read(self.file(layout.oom_events)))
 
     def pids(self) -> set[int]:
+        """The processes in the group, never this worker itself (whose spawning thread visits the
+        group for an instant, see :meth:`Containment.spawning`): a worker never signals itself."""
         found: set[int] = set()
         for path in self.procs_files():
             try:
-                found |= {int(p) for p in Path(path).read_text().split()}
+                found |= {int(p) for p in _read(path).split()}
             except FileNotFoundError:
                 continue
+        found.discard(os.getpid())
         return found
 
     def destroy(self, timeout: float = 10.0) -> None:
         """Kill every process of the group and remove it.
 
-        v2: ``cgroup.kill`` (Linux 5.14+), else frozen, killed, thawed. v1: SIGKILL to every member
-        until the group is empty and can be removed (frozen first where it joined the freezer).
+        Removal is tried first: a group whose processes are all gone (a job whose script was
+        reaped, having left nothing behind: the common case) is removed at once, without reading
+        its members or signalling anyone. A group still holding processes refuses (EBUSY); then
+        they are killed (v2: ``cgroup.kill``, Linux 5.14+, else frozen, killed, thawed; v1: SIGKILL
+        to every member, again at each try) and removal is retried, waiting briefly, then longer,
+        until they have exited (a process is counted in its group until its last context switch,
+        a moment after it was reaped).
         """
-        if not any(directory.exists() for directory in self.directories.values()):
-            return
-        kill_file = self.directories[""] / "cgroup.kill" if self.mode is Mode.V2 else None
-        if kill_file is not None and kill_file.exists():
-            _write(kill_file, "1")
-        else:
-            self._freeze_and_kill()
         deadline = time.monotonic() + timeout
-        for directory in reversed(list(self.directories.values())):
-            while directory.exists():
+        delay = 0.0005
+        for directory in reversed(list(self.paths.values())):
+            while True:
                 try:
-                    directory.rmdir()
+                    os.rmdir(directory)
+                    break
                 except FileNotFoundError:
                     break
                 except OSError:  # busy until the killed processes have exited
                     if time.monotonic() > deadline:
                         raise ContainmentError(
-                            f"cgroup {directory} still holds processes {sorted(self.pids())} after SIGKILL")
-                    procs.send_all(sorted(self.pids()), signal.SIGKILL)
-                    time.sleep(0.01)
+                            f"cgroup {directory} still holds processes {sorted(self.pids())} after SIGKILL") from None
+                    self._kill()
+                    time.sleep(delay)
+                    delay = min(2 * delay, 0.01)
+
+    def _kill(self) -> None:
+        kill_file = self.file(("", "cgroup.kill")) if self.mode is Mode.V2 else None
+        if kill_file is not None and os.path.exists(kill_file):
+            _write(kill_file, "1")
+        else:
+            self._freeze_and_kill()
 
     def _freeze_and_kill(self) -> None:
         hierarchy = self.layout.freeze[0]
-        freeze = self.file(self.layout.freeze) if hierarchy in self.directories else None
-        frozen = freeze is not None and freeze.exists()
+        freeze = self.file(self.layout.freeze) if hierarchy in self.paths else None
+        frozen = freeze is not None and os.path.exists(freeze)
         if freeze is not None and frozen:
             _write(freeze, "FROZEN" if self.mode is Mode.V1 else "1")
         try:
@@ -288,32 +349,64 @@ class Containment:
     parent: str = ""  # relative to each hierarchy's root
     reason: str = ""
     has_swap_limit: bool = True
+    cpuset_inherited: bool = False  # v1: the parent's cgroup.clone_children is set (see limit_writes)
+    # v1: where the spawning thread goes back to after visiting a job's group, per hierarchy; None:
+    # it does not visit, the child joins from inside (see spawning)
+    thread_home: dict[str, str] | None = None
 
     def group(self, relative: str, hierarchies: tuple[str, ...] | None = None) -> JobGroup:
         layout = LAYOUTS[self.mode]
         return JobGroup(self.mode, relative,
-                        {h: _directory(self.mode, h, relative) for h in hierarchies or layout.controllers})
+                        {h: str(_directory(self.mode, h, relative)) for h in hierarchies or layout.controllers})
 
     def create(self, name: str, limits: Limits) -> JobGroup:
         """Make the group ``<parent>/<name>`` with ``limits`` set; raises OSError when the kernel refuses."""
         needed = None
         if self.mode is Mode.V1:
             needed = V1_ALWAYS + (("cpu",) if limits.cpu_ids is None else ())
-        group = self.group(f"{self.parent}/{name}", needed)
+        group = JobGroup(self.mode, f"{self.parent}/{name}",
+                         {h: f"{self._base(h)}/{name}" for h in needed or LAYOUTS[self.mode].controllers})
         try:
-            for directory in group.directories.values():
-                directory.mkdir()
+            for directory in group.paths.values():
+                os.mkdir(directory)
             mems = cpus = ""
-            if self.mode is Mode.V1:
+            if self.mode is Mode.V1 and not self.cpuset_inherited:
                 parent = _directory(Mode.V1, "cpuset", self.parent)
-                mems = (parent / "cpuset.mems").read_text().strip()
-                cpus = (parent / "cpuset.cpus").read_text().strip()
-            for hierarchy, name_, value in limit_writes(self.mode, limits, mems, self.has_swap_limit):
-                _write(group.directories[hierarchy] / name_, cpus if value == "PARENT" else value)
+                mems = _read(parent / "cpuset.mems").strip()
+                cpus = _read(parent / "cpuset.cpus").strip()
+            for hierarchy, name_, value in limit_writes(self.mode, limits, mems, self.has_swap_limit,
+                                                        self.cpuset_inherited):
+                _write(f"{group.paths[hierarchy]}/{name_}", cpus if value == "PARENT" else value)
         except BaseException:
             group.destroy()
             raise
         return group
+
+    @contextmanager
+    def spawning(self, group: JobGroup) -> Iterator[Callable[[], None] | None]:
+        """Around the fork of a job's first process: yields the ``preexec_fn`` that puts the child in
+        ``group``, or None when the child is born there.
+
+        v1 (``thread_home``): the calling thread joins the group for the length of the fork and
+        goes back to its home afterwards (:func:`thread_home`); a child is born in its parent
+        thread's groups, so it is contained from its first instruction, as with its CPU binding. No ``preexec_fn`` lets Python start the child with vfork, without copying the
+        worker's memory map (a fork of a ~50 MB worker costs milliseconds), and a thread moving
+        itself avoids the global lock (:func:`_join_thread`). Otherwise the child joins between
+        fork and exec (:meth:`JobGroup.enter`).
+        """
+        home = self.thread_home
+        if home is None:
+            yield group.enter
+            return
+        try:
+            _join_thread(group.tasks_files())
+            yield None
+        finally:  # also after a failed join: home again in every hierarchy
+            _join_thread([f"{home[hierarchy]}/tasks" for hierarchy in group.paths])
+
+    def _base(self, hierarchy: str) -> str:
+        """The worker's own directory in ``hierarchy`` (``parent`` is never empty here)."""
+        return f"{ROOT}/{hierarchy}/{self.parent}" if self.mode is Mode.V1 else f"{ROOT}/{self.parent}"
 
 
 def detect(parent: str, worker: str, setting: str) -> Containment:
@@ -346,10 +439,48 @@ def detect(parent: str, worker: str, setting: str) -> Containment:
         if mode is Mode.V2:
             _enter_v2_leaf(containment, own.get("", ""))
         containment.has_swap_limit = _swap_limit_available(containment)
-        containment.create(f"probe-{os.getpid()}", Limits(0, 1, None, 16)).destroy()
+        if mode is Mode.V1:
+            containment.cpuset_inherited = _read(
+                _directory(mode, "cpuset", containment.parent) / "cgroup.clone_children").strip() == "1"
+        probe = containment.create(f"probe-{os.getpid()}", Limits(0, 1, None, 16))
+        try:
+            if mode is Mode.V1:
+                _try_thread_join(containment, probe)
+        finally:
+            probe.destroy()
     except OSError as error:
         return Containment(Mode.NONE, reason=f"cannot manage cgroups below {candidate}: {error}")
     return containment
+
+
+def thread_home(own: dict[str, str], parent: str, writable: Callable[[str], bool]) -> dict[str, str] | None:
+    """Where a worker's spawning thread goes back to after a job's fork (:meth:`Containment.spawning`),
+    per v1 hierarchy a job may join: where it is now (``own``, from /proc/thread-self/cgroup) when
+    it may move itself there (a root worker, systemd's delegated group), else the worker's own
+    subtree ``parent`` when it may (prepared for it: a supervisord worker may not go back into
+    supervisord's group, so from its first job its spawning thread lives in its subtree); None
+    when neither (the job's child then joins from inside). ``writable`` tells a ``tasks`` file the
+    worker may write."""
+    for relative in (None, parent):
+        homes = {h: str(_directory(Mode.V1, h, own.get(h, "/") if relative is None else relative))
+                 for h in (*V1_ALWAYS, "cpu")}
+        if all(writable(f"{home}/tasks") for home in homes.values()):
+            return homes
+    return None
+
+
+def _try_thread_join(containment: Containment, probe: JobGroup) -> None:
+    """Set ``containment.thread_home`` where this thread can visit ``probe`` and go back home."""
+    home = thread_home(own_groups(Path("/proc/thread-self/cgroup").read_text()), containment.parent,
+                       lambda path: os.access(path, os.W_OK))
+    if home is None:
+        return
+    containment.thread_home = home
+    try:
+        with containment.spawning(probe):
+            pass
+    except OSError:
+        containment.thread_home = None
 
 
 def _swap_limit_available(containment: Containment) -> bool:
@@ -391,8 +522,10 @@ def prepare(parent: str, workers: Iterable[str], user: str) -> list[Path]:
     """Create ``<parent>/<worker>`` for each worker, owned by ``user`` (run as root by launchers).
 
     The one function the supervisord installer and ``make run`` call: after it, an unprivileged
-    worker can create, limit and remove its jobs' groups there. v1 cpusets are given their
-    parent's CPUs and memory nodes at each level (they start empty). Returns what it created.
+    worker can create, limit and remove its jobs' groups there, and move its own threads there
+    (see :meth:`Containment.spawning`). v1 cpusets are given their parent's CPUs and memory nodes
+    at each level (they start empty), and the worker's has ``cgroup.clone_children`` set, so its
+    jobs' groups start with them too (two reads and writes less per job). Returns what it created.
     """
     mode = detect_mode()
     if mode is Mode.NONE:
@@ -411,6 +544,8 @@ def prepare(parent: str, workers: Iterable[str], user: str) -> list[Path]:
                     for name in ("cpuset.cpus", "cpuset.mems"):
                         if not (directory / name).read_text().strip():
                             _write(directory / name, (directory.parent / name).read_text().strip())
+                    if relative != parent:  # jobs' groups start with the worker's CPUs and memory nodes
+                        _write(directory / "cgroup.clone_children", "1")
                 if mode is Mode.V2:
                     enable = " ".join(f"+{c}" for c in V2_CONTROLLERS)
                     _write(directory.parent / "cgroup.subtree_control", enable)

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,23 +161,28 @@ class Runner:
         script = self._write_script(directory, job["script"])
         if self.job_account is not None:
             self._hand_over(directory)
+        # As JOB_USER the script is named from its directory, the job's working directory: JOB_ROOT
+        # above it need not be searchable by JOB_USER.
+        argv = [*self._as_job_user(), "/bin/bash", script.name if self.job_account else str(script)]
+        environment = self._environment(job, directory)
         output = open(output_file(self.job_root, job_id, job.get("array_job_id"), job.get("array_task_id")), "ab")
         read_fd, write_fd = os.pipe()
         try:
-            with self._bound(job):
+            # The spawning thread carries the job's CPUs and, where it can, the job's cgroups into the
+            # fork (the child is born inside both); otherwise the child joins its cgroups itself.
+            joined = self.containment.spawning(group) if group is not None else nullcontext(None)
+            with self._bound(job), joined as join_in_child:
                 process = subprocess.Popen(
-                    # As JOB_USER the script is named from its directory, the job's working
-                    # directory: JOB_ROOT above it need not be searchable by JOB_USER.
-                    [*self._as_job_user(), "/bin/bash", script.name if self.job_account else str(script)],
+                    argv,
                     cwd=directory,
                     stdin=subprocess.DEVNULL,
                     stdout=write_fd,
                     stderr=subprocess.STDOUT,
-                    env=self._environment(job, directory),
+                    env=environment,
                     start_new_session=True,
                     close_fds=True,
-                    # Joins the job's cgroup between fork and exec: the script's first instruction is contained.
-                    preexec_fn=group.enter if group is not None else None,
+                    # Either way the script's first instruction is contained.
+                    preexec_fn=join_in_child,
                 )
         except BaseException:
             os.close(read_fd)

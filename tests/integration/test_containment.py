@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conductor import metrics
-from support import WorkerProcess, conductor, job_cgroups, wait_until
+from conductor import cgroups, metrics
+from support import IS_ROOT, WorkerProcess, conductor, job_cgroups, wait_until
 
 ALLOCATE = "#!/bin/bash\n/usr/bin/python3 -c 'import sys; b = b\"x\" * ({mib} << 20); print(len(b))'\n"
 BLOCK = "#!/bin/bash\nwhile [ ! -e {release} ]; do sleep 0.05; done\n"
@@ -139,6 +144,129 @@ def test_a_fork_bomb_is_bounded_by_the_pids_limit_and_the_node_keeps_serving(con
     after = node.submit("#!/bin/bash\ntrue\n")
     assert node.wait_state(after, "COMPLETED", "FAILED")["state"] == "COMPLETED"
     assert worker_pid(node, 1) == pid
+
+
+def test_a_job_runs_in_its_own_groups_from_its_first_instruction_and_its_worker_stays_out(contained, tmp_path):
+    node = contained(TOTAL_CPUS=2, WORKER_CONCURRENCY=1)
+    node.start_workers(1)
+    seen = tmp_path / "groups"
+    # Builtins only: /proc/self is the job's own bash, before it has started anything.
+    job_id = node.submit(f"#!/bin/bash\nwhile read -r line; do echo \"$line\"; done < /proc/self/cgroup > {seen}\n"
+                         + BLOCK.format(release=tmp_path / "go").removeprefix("#!/bin/bash\n"))
+    wait_until(lambda: seen.exists() and "memory" in seen.read_text(), what="the job to write its groups")
+    groups = cgroups.own_groups(seen.read_text())
+    expected = f"/{node.cgroup_parent}/{node.name}-1/job-{job_id}"
+    assert {name: groups[name] for name in cgroups.V1_ALWAYS} == dict.fromkeys(cgroups.V1_ALWAYS, expected)
+    pid = worker_pid(node, 1)
+    threads = {task.name: (task / "cgroup").read_text() for task in Path(f"/proc/{pid}/task").iterdir()}
+    assert threads and not [t for t, text in threads.items() if f"job-{job_id}" in text], threads
+    (tmp_path / "go").touch()
+    assert node.wait_state(job_id, "COMPLETED", "FAILED")["state"] == "COMPLETED"
+    wait_until(lambda: not Path(f"/sys/fs/cgroup/memory{expected}").exists(), what="the job's group to be removed")
+
+
+# --- the cgroups module on the real kernel, without a worker --------------------------------------
+
+@pytest.fixture
+def subtree():
+    """``<parent>/w`` prepared as `conductor prepare-cgroups` prepares a worker's, on a v1 host; removed after."""
+    if not IS_ROOT:
+        pytest.skip("creating cgroups needs root")
+    if cgroups.detect_mode() is not cgroups.Mode.V1:
+        pytest.skip("the spawning thread's visit and clone_children are v1 behaviour; this host is not v1")
+    parent = f"conductor-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        cgroups.prepare(parent, ["w"], "root")
+    except OSError as error:
+        cgroups.remove_tree(parent)
+        pytest.skip(f"this machine's cgroups cannot be written: {error}")
+    yield parent
+    cgroups.remove_tree(parent)
+
+
+def in_a_thread(function: Callable[[], Any]) -> Any:
+    """Run ``function`` in a thread of its own, as a worker spawns jobs from one: pytest's own
+    threads never visit a job's group, whatever happens."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = function()
+        except BaseException as error:  # re-raised in the test's thread below
+            result["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def thread_groups() -> dict[str, str]:
+    return cgroups.own_groups(Path("/proc/thread-self/cgroup").read_text())
+
+
+def started_in(containment: cgroups.Containment, group: cgroups.JobGroup, argv: list[str]) -> subprocess.Popen[str]:
+    with containment.spawning(group) as join_in_child:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, close_fds=True, preexec_fn=join_in_child)
+
+
+def test_a_child_is_born_in_its_jobs_groups_and_the_spawning_thread_goes_back(subtree):
+    def scenario() -> tuple[dict[str, str], dict[str, str], dict[str, str], bool, str]:
+        containment = cgroups.detect(subtree, "w", "auto")
+        assert containment.thread_home is not None and containment.cpuset_inherited, containment
+        before = thread_groups()
+        group = containment.create("job-1", cgroups.Limits(0, 1, frozenset({0}), 64))
+        with containment.spawning(group) as join_in_child:
+            assert join_in_child is None  # no preexec_fn: Python may start the child with vfork
+            visiting = thread_groups()
+            worker_listed = os.getpid() in group.pids()  # never, though this thread is inside now
+            child = subprocess.Popen(["/bin/cat", "/proc/self/cgroup"], stdout=subprocess.PIPE, text=True)
+        after = thread_groups()
+        born = cgroups.own_groups(child.communicate()[0])
+        mems = Path(group.file(("cpuset", "cpuset.mems"))).read_text().strip()
+        group.destroy()
+        assert visiting["memory"] == f"/{subtree}/w/job-1"
+        return before, after, born, worker_listed, mems
+
+    before, after, born, worker_listed, mems = in_a_thread(scenario)
+    assert after == before
+    assert {name: born[name] for name in cgroups.V1_ALWAYS} == dict.fromkeys(cgroups.V1_ALWAYS, f"/{subtree}/w/job-1")
+    assert not worker_listed
+    assert mems == Path(f"/sys/fs/cgroup/cpuset/{subtree}/w/cpuset.mems").read_text().strip() != ""
+
+
+def test_a_child_joins_its_groups_itself_where_the_thread_may_not_visit(subtree):
+    def scenario() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        containment = cgroups.detect(subtree, "w", "auto")
+        containment.thread_home = None  # as where neither the thread's group nor the subtree is the worker's
+        before = thread_groups()
+        group = containment.create("job-2", cgroups.Limits(0, 1, None, 64))
+        child = started_in(containment, group, ["/bin/cat", "/proc/self/cgroup"])
+        born = cgroups.own_groups(child.communicate()[0])
+        group.destroy()
+        return before, thread_groups(), born
+
+    before, after, born = in_a_thread(scenario)
+    assert after == before
+    assert {name: born[name] for name in (*cgroups.V1_ALWAYS, "cpu")} == dict.fromkeys(
+        (*cgroups.V1_ALWAYS, "cpu"), f"/{subtree}/w/job-2")
+
+
+def test_destroying_a_group_kills_what_still_runs_in_it_then_removes_it(subtree):
+    def scenario() -> tuple[int | None, list[str]]:
+        containment = cgroups.detect(subtree, "w", "auto")
+        group = containment.create("job-3", cgroups.Limits(0, 1, None, 64))
+        sleeper = started_in(containment, group, ["/bin/sleep", "600"])
+        wait_until(lambda: sleeper.pid in group.pids(), what="the sleeper to be in its group")
+        group.destroy()
+        code = sleeper.wait(timeout=10)
+        return code, [path for path in group.paths.values() if os.path.exists(path)]
+
+    code, left = in_a_thread(scenario)
+    assert code == -signal.SIGKILL
+    assert left == []
 
 
 def test_required_containment_refuses_to_start_without_a_subtree(make_node):

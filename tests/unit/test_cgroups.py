@@ -6,7 +6,18 @@ is pinned here; enforcement itself is proven on the real kernel in tests/integra
 
 from __future__ import annotations
 
-from conductor.cgroups import V1, V2, Limits, Mode, Usage, limit_writes, own_groups, parse_keyed, parse_usage
+from conductor.cgroups import (
+    V1,
+    V2,
+    Limits,
+    Mode,
+    Usage,
+    limit_writes,
+    own_groups,
+    parse_keyed,
+    parse_usage,
+    thread_home,
+)
 
 MEMORY_EVENTS = "low 0\nhigh 0\nmax 17\noom 2\noom_kill 1\noom_group_kill 0\n"
 CPU_STAT = "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 0\n"
@@ -36,6 +47,33 @@ def test_v1_without_concrete_ids_inherits_the_cpuset_and_gets_a_quota():
     assert ("cpuset", "cpuset.cpus", "PARENT") in writes
     assert ("cpu", "cpu.cfs_quota_us", "200000") in writes
     assert not any(name.startswith("memory") for _, name, _ in writes)
+
+
+def test_v1_cpusets_cloned_from_their_parent_are_given_only_the_jobs_cpu_ids():
+    concrete = limit_writes(Mode.V1, Limits(0, 2, frozenset({0, 1}), 64), "", True, cpuset_inherited=True)
+    assert concrete == [("cpuset", "cpuset.cpus", "0,1"), ("pids", "pids.max", "64")]
+    quota = limit_writes(Mode.V1, Limits(0, 2, None, 64), "", True, cpuset_inherited=True)
+    assert quota == [("cpu", "cpu.cfs_quota_us", "200000"), ("pids", "pids.max", "64")]
+
+
+def test_the_spawning_thread_goes_back_where_it_was_when_it_may():
+    own = {"memory": "/system.slice/x", "cpuset": "/", "pids": "/", "cpuacct": "/", "cpu": "/", "freezer": "/"}
+    home = thread_home(own, "conductor/n-1", lambda path: True)
+    assert home is not None
+    assert home["memory"] == "/sys/fs/cgroup/memory/system.slice/x" and home["cpuset"] == "/sys/fs/cgroup/cpuset"
+    assert set(home) == {"memory", "cpuset", "pids", "cpuacct", "cpu"}
+
+
+def test_a_spawning_thread_that_may_not_go_back_lives_in_the_workers_subtree():
+    """supervisord's group is root's: an unprivileged worker's spawning thread goes to its prepared subtree."""
+    own = {name: "/supervisor" for name in ("memory", "cpuset", "pids", "cpuacct", "cpu")}
+    home = thread_home(own, "conductor/n-1", lambda path: "/conductor/n-1/" in path)
+    assert home == {name: f"/sys/fs/cgroup/{name}/conductor/n-1" for name in ("memory", "cpuset", "pids", "cpuacct", "cpu")}
+
+
+def test_no_home_for_the_spawning_thread_means_the_child_joins_by_itself():
+    own = {name: "/" for name in ("memory", "cpuset", "pids", "cpuacct", "cpu")}
+    assert thread_home(own, "conductor/n-1", lambda path: not path.startswith("/sys/fs/cgroup/pids")) is None
 
 
 def test_every_file_a_layout_names_belongs_to_one_of_its_hierarchies():
