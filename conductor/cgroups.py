@@ -389,10 +389,12 @@ class Containment:
 
         v1 (``thread_home``): the calling thread joins the group for the length of the fork and
         goes back to its home afterwards (:func:`thread_home`); a child is born in its parent
-        thread's groups, so it is contained from its first instruction, as with its CPU binding. No ``preexec_fn`` lets Python start the child with vfork, without copying the
-        worker's memory map (a fork of a ~50 MB worker costs milliseconds), and a thread moving
-        itself avoids the global lock (:func:`_join_thread`). Otherwise the child joins between
-        fork and exec (:meth:`JobGroup.enter`).
+        thread's groups, so it is contained from its first instruction, as with its CPU binding.
+        No ``preexec_fn`` lets Python start the child with vfork, without copying the worker's
+        memory map (a fork of a ~50 MB worker costs milliseconds), and a thread moving itself
+        avoids the global lock (:func:`_join_thread`). The visit lasts until the child has
+        exec'd; what the worker allocates meanwhile may be charged to the job's memory group (a
+        few pages). Otherwise the child joins between fork and exec (:meth:`JobGroup.enter`).
         """
         home = self.thread_home
         if home is None:

@@ -25,14 +25,10 @@ def node_up(connection: Redis, settings: Settings, containment: str = "none") ->
     connection.hset(keys.node(settings.node_name), "containment", containment)
 
 
-def record_usage(connection: Redis, node: str, job_id: int, usage: Usage) -> None:
-    """Store a job's usage on it (MaxRSS, CPU time, OOM kill) and count OOM kills per node."""
-    with connection.pipeline() as pipe:
-        pipe.hset(keys.job(job_id), mapping={"max_rss": usage.max_rss, "cpu_time": f"{usage.cpu_time:.6f}",
-                                             "oom_killed": int(usage.oom_killed)})
-        if usage.oom_killed:
-            pipe.hincrby(keys.node(node), "oom_kills", 1)
-        pipe.execute()
+def usage_args(node: str, usage: Usage) -> list[object]:
+    """The finish script's optional arguments that store a job's usage on it (MaxRSS, CPU time, OOM
+    kill) and count OOM kills per ``node``: recorded with the job's end, in the same round trip."""
+    return [node, usage.max_rss, f"{usage.cpu_time:.6f}", int(usage.oom_killed)]
 
 
 LEDGER_FIELDS = ("total_cpus", "total_memory", "allocated_cpus", "allocated_memory", "containment", "oom_kills",

@@ -256,14 +256,13 @@ class ConductorRQWorker(SimpleWorker):
         reconcile.MEMORY.ended(job_id, state, exit_code, reason)
         code = "" if exit_code is None else exit_code
         args: list[object] = [job_id, state.value, code, reason, name, ctx.runner.attempt]
+        if usage is not None:  # recorded with the end, by the same script (and spooled with it)
+            args += resources.usage_args(ctx.settings.node_name, usage)
         spooled = spool.write(ctx.settings, job_id, args)
         delay = 0.1
         leave_at: float | None = None
         while True:
             try:
-                if usage is not None:
-                    resources.record_usage(ctx.connection, ctx.settings.node_name, job_id, usage)
-                    usage = None  # recorded once, even if the finish below must be retried
                 settled = scripts.run(ctx.connection, "finish", *args)
                 spooled.unlink(missing_ok=True)
                 break

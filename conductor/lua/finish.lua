@@ -1,8 +1,18 @@
 -- Record a job's end. ARGV: id, final state, exit code, reason, worker ('' = anyone),
--- process-group field of the caller's attempt ('' = none).
+-- process-group field of the caller's attempt ('' = none); from a contained job also the node
+-- that ran it and what it used: max_rss (bytes), cpu_time (seconds), oom_killed (1 or 0).
 -- Returns 1 when this call settled the job, 2 when it requeued it (NODE_FAIL of a job submitted
 -- with requeue), 0 when it had already ended (reaped, cancelled) or belongs to another worker.
 local id, worker, attempt = ARGV[1], ARGV[5], ARGV[6]
+-- What the job used is recorded whoever settled it, in the same step as its end (one round trip
+-- per job, never an end without its usage); an OOM kill is counted for the node once, also when a
+-- caller sends the end again because the reply to its first try was lost.
+if ARGV[8] and ARGV[8] ~= '' and redis.call('EXISTS', job_key(id)) == 1 then
+  if ARGV[10] == '1' and redis.call('HGET', job_key(id), 'oom_killed') ~= '1' then
+    redis.call('HINCRBY', node_key(ARGV[7]), 'oom_kills', 1)
+  end
+  redis.call('HSET', job_key(id), 'max_rss', ARGV[8], 'cpu_time', ARGV[9], 'oom_killed', ARGV[10])
+end
 local j = redis.call('HMGET', job_key(id), 'node', 'worker')
 local node, owner = j[1], j[2]
 -- The caller has killed its own attempt's processes: only that attempt's entry goes, whoever

@@ -384,3 +384,28 @@ def test_a_reaped_worker_that_registers_again_does_not_show_busy_forever(redis_s
     registry.register(client, settings, 1, job=job_id)  # the heartbeat's re-registration
     assert scripts.run(client, "finish", job_id, "COMPLETED", 0, "", "node-x-1", "") == 0
     assert client.hget("worker:node-x-1", "state") == "idle"
+
+
+def test_a_jobs_usage_is_recorded_with_its_end_and_an_oom_kill_counted_once(redis_server):
+    """The finish script stores what a contained job used with its end; a worker that sends the
+    end again (the reply to its first try was lost) neither counts the OOM kill twice nor fails."""
+    from conductor import resources
+    from conductor.cgroups import Usage
+    from conductor.config import Settings
+
+    client = connect(redis_server.url)
+    settings = Settings(node_name="node-u", total_cpus=2, total_memory=1 << 30, redis_url=redis_server.url)
+    resources.node_up(client, settings)
+    registry.register(client, settings, 1)
+    job_id = submit_one(client)
+    assert placement.place(client, connect(redis_server.url, decode=False))
+    scripts.run(client, "start", job_id, "node-u-1", "node-u")
+    usage = resources.usage_args("node-u", Usage(max_rss=64 << 20, cpu_time=0.25, oom_killed=True))
+    end = [job_id, "OUT_OF_MEMORY", 137, "memory limit", "node-u-1", "", *usage]
+    assert scripts.run(client, "finish", *end) == 1
+    assert scripts.run(client, "finish", *end) == 0
+    assert client.hmget(keys.job(job_id), "state", "max_rss", "cpu_time", "oom_killed") == [
+        "OUT_OF_MEMORY", str(64 << 20), "0.250000", "1"]
+    assert client.hget(keys.node("node-u"), "oom_kills") == "1"
+    assert scripts.run(client, "finish", 999_999, "COMPLETED", 0, "", "", "", *usage) == 0
+    assert not client.exists(keys.job(999_999))  # no record made up for a job that is gone
