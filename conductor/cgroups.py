@@ -359,6 +359,25 @@ class Containment:
         return JobGroup(self.mode, relative,
                         {h: str(_directory(self.mode, h, relative)) for h in hierarchies or layout.controllers})
 
+    def leftovers(self) -> list[JobGroup]:
+        """The job groups below this worker's subtree, whole (every hierarchy a job may join).
+
+        At a worker's start they can only be a previous process of the same instance's (an
+        instance has one live process), so their jobs are over for this host whatever Redis
+        says: among them a job whose worker died between starting its script and noting the
+        script's process group, which no record leads the reaper to.
+        """
+        if self.mode is Mode.NONE:
+            return []
+        names: set[str] = set()
+        for hierarchy in LAYOUTS[self.mode].controllers:
+            try:
+                names.update(entry.name for entry in os.scandir(_directory(self.mode, hierarchy, self.parent))
+                             if entry.is_dir() and entry.name.startswith("job-") and entry.name[4:].isdigit())
+            except FileNotFoundError:
+                continue
+        return [self.group(f"{self.parent}/{name}") for name in sorted(names)]
+
     def create(self, name: str, limits: Limits) -> JobGroup:
         """Make the group ``<parent>/<name>`` with ``limits`` set; raises OSError when the kernel refuses."""
         needed = None

@@ -397,6 +397,16 @@ def run(settings: Settings, index: int) -> int:
         registry.claim(connection, rq_connection, settings, index)
     except registry.WorkerConflict as error:
         raise WorkerStartError(str(error), EXIT_CONFLICT) from None
+    for group in containment.leftovers():  # this instance is ours alone from here (claim)
+        left = sorted(group.pids())
+        try:
+            group.destroy()
+        except (cgroups.ContainmentError, OSError) as error:  # never fatal: the worker must start
+            logger.error("could not remove job group {} left by this instance's previous process: {}",
+                         group.relative, error)
+            continue
+        logger.warning("removed job group {} left by this instance's previous process{}", group.relative,
+                       f", killing {left}" if left else "")
     resources.node_up(connection, settings, containment.mode.value)
     registry.register(connection, settings, index)
     name = settings.worker_name(index)

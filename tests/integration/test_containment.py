@@ -274,3 +274,23 @@ def test_required_containment_refuses_to_start_without_a_subtree(make_node):
     worker = WorkerProcess(node.config, 1, node.directory / "worker-1.log")
     assert worker.wait() == 6
     assert "JOB_CONTAINMENT=required but jobs cannot be contained" in worker.output()
+
+
+def test_a_restarted_worker_kills_a_job_group_no_record_leads_to(contained, tmp_path):
+    """Guards the window between a job's start and the worker noting its process group: a worker
+    killed inside it leaves a running script that no Redis record names. The next process of the
+    same instance finds the group in its own subtree and kills it before taking jobs."""
+    node = contained(TOTAL_CPUS=2, WORKER_CONCURRENCY=1)
+
+    def leave_a_group() -> tuple[cgroups.JobGroup, subprocess.Popen[str]]:
+        containment = cgroups.detect(node.cgroup_parent, f"{node.name}-1", "auto")
+        group = containment.create(cgroups.job_group_name(4242), cgroups.Limits(0, 1, None, 64))
+        return group, started_in(containment, group, ["/bin/sleep", "31337"])
+
+    group, orphan = in_a_thread(leave_a_group)
+    wait_until(lambda: orphan.pid in group.pids(), what="the orphan to be in its group")
+    node.start_worker(1)
+    assert orphan.wait(timeout=60) == -signal.SIGKILL
+    assert not any(os.path.exists(path) for path in group.paths.values())
+    job_id = node.submit("#!/bin/bash\ntrue\n")
+    assert node.wait_state(job_id, "COMPLETED", "FAILED")["state"] == "COMPLETED"
