@@ -1,4 +1,4 @@
-"""The cost of job containment: ``python -m bench.containment`` (run as root; part of ``make bench``).
+"""The cost of job containment: ``python -m bench.containment`` (as root; `make bench` runs it too).
 
 Throughput of trivial jobs through conductor's real path with containment off and on, in one
 run on one machine (runs interleaved, best of each, since load from elsewhere only ever slows a
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from conductor import cgroups, resources
@@ -21,7 +24,6 @@ from conductor import cgroups, resources
 from . import scenarios
 from .conductor_system import ConductorSystem
 from .infra import BIN, BenchError, clean_env
-from .run import Scripts
 
 
 class ContainmentSystem(ConductorSystem):
@@ -58,6 +60,63 @@ class ContainmentSystem(ConductorSystem):
             cgroups.remove_tree(self.parent)
 
 
+@dataclass(frozen=True)
+class ContainmentCost:
+    """Throughput of the same trivial jobs with containment off and on (best of each), start latency with it on."""
+
+    jobs: int
+    workers: int
+    runs: int
+    off: scenarios.Throughput
+    on: scenarios.Throughput
+    latencies: list[float]
+
+    @property
+    def slowdown(self) -> float:
+        """How much slower a contained node drains trivial jobs: 0.1 is 10 % slower."""
+        return 1 - self.on.rate / self.off.rate
+
+    def table(self) -> str:
+        p50, p99 = scenarios.percentile(self.latencies, 0.5), scenarios.percentile(self.latencies, 0.99)
+        return "\n".join([
+            f"| containment | {self.jobs} trivial jobs, N={self.workers}, best of {self.runs} | start latency p50 / p99 |",
+            "|---|---|---|",
+            f"| off | {self.off.rate:.1f} jobs/s | |",
+            f"| on | {self.on.rate:.1f} jobs/s ({-100 * self.slowdown:+.1f} %) | "
+            f"{1000 * p50:.1f} ms / {1000 * p99:.1f} ms |",
+        ])
+
+
+def unavailable() -> str:
+    """Why containment cannot be measured here, or "" when it can (root, writable v1/v2 cgroups)."""
+    if os.geteuid() != 0:
+        return "containment creates cgroups: run as root"
+    if cgroups.detect_mode() is cgroups.Mode.NONE:
+        return "no cgroup hierarchy with the controllers jobs need on this machine"
+    return ""
+
+
+def measure(workdir: Path, jobs: int, workers: int, runs: int, latency_samples: int,
+            say: Callable[[str], None]) -> ContainmentCost:
+    """Off and on interleaved, ``runs`` times each: load from elsewhere only slows a run, so the
+    best of each is the fairest pair."""
+    scripts = scenarios.Scripts.write(workdir / "scripts", 0.1)
+    best: dict[bool, scenarios.Throughput] = {}
+    latencies: list[float] = []
+    for run in range(runs):
+        for contained in (False, True):
+            with ContainmentSystem(workdir / f"{run}-{contained}", workers, contained) as system:
+                scenarios.warm_up(system, scripts.trivial, 20)
+                found = scenarios.throughput(system, scripts.trivial, jobs)
+                say(f"{system.label}: {found.rate:.1f} jobs/s ({found.failures} failed)")
+                if contained not in best or found.rate > best[contained].rate:
+                    best[contained] = found
+                if contained and run == 0:
+                    latencies = scenarios.latency(system, lambda s=system: s.submit(scripts.stamper), scripts.stamp,
+                                                  latency_samples, 0.05)
+    return ContainmentCost(jobs, workers, runs, best[False], best[True], latencies)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.containment", description=__doc__)
     parser.add_argument("--jobs", type=int, default=1000)
@@ -65,30 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2, help="runs of each mode, interleaved")
     parser.add_argument("--latency-samples", type=int, default=50)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench.containment creates cgroups: run it as root", file=sys.stderr)
+    why = unavailable()
+    if why:
+        print(f"bench.containment: {why}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="conductor-bench-containment-"))
-    scripts = Scripts.write(workdir / "scripts", 0.1)
-    best: dict[bool, scenarios.Throughput] = {}
-    latencies: list[float] = []
-    for run in range(args.runs):
-        for contained in (False, True):
-            with ContainmentSystem(workdir / f"{run}-{contained}", args.workers, contained) as system:
-                scenarios.warm_up(system, scripts.trivial, 20)
-                found = scenarios.throughput(system, scripts.trivial, args.jobs)
-                print(f"{system.label}: {found.rate:.1f} jobs/s ({found.failures} failed)", file=sys.stderr)
-                if contained not in best or found.rate > best[contained].rate:
-                    best[contained] = found
-                if contained and run == 0:
-                    latencies = scenarios.latency(system, lambda s=system: s.submit(scripts.stamper), scripts.stamp,
-                                                  args.latency_samples, 0.05)
-    off, on = best[False].rate, best[True].rate
-    print(f"| containment | {args.jobs} trivial jobs, N={args.workers}, best of {args.runs} | start latency p50 / p99 |")
-    print("|---|---|---|")
-    print(f"| off | {off:.1f} jobs/s | |")
-    print(f"| on | {on:.1f} jobs/s ({100 * (on - off) / off:+.1f} %) | "
-          f"{1000 * scenarios.percentile(latencies, 0.5):.1f} ms / {1000 * scenarios.percentile(latencies, 0.99):.1f} ms |")
+    try:
+        cost = measure(workdir, args.jobs, args.workers, args.runs, args.latency_samples,
+                       lambda line: print(line, file=sys.stderr))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(cost.table())
     return 0
 
 

@@ -29,6 +29,7 @@ REDIS_CPU_TARGET = 0.5  # x rq worker-pool's Redis CPU per job
 CLUSTER_FLAT_LIMIT = 1.25  # Redis CPU per job at the largest cluster / at one node
 BREAKDOWN_ROWS = 20
 CLI_TARGET = 0.5  # `conductor submit` (and jobs/show/nodes) / `rq enqueue`, start to exit
+CONTAINMENT_TARGET = 0.10  # throughput lost to job containment (1 - on / off)
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,11 @@ def targets(results: Results) -> list[str]:
     if results.reads is not None:
         found += read_paths.targets(results.reads)
     found += cli_targets(results)
+    if results.containment is not None:
+        cost = results.containment
+        found.append(f"Job containment at most {100 * CONTAINMENT_TARGET:.0f}% slower than none: " + _verdict(
+            cost.slowdown <= CONTAINMENT_TARGET, f"{100 * cost.slowdown:.1f}% ({cost.on.rate:.0f} against "
+                                                 f"{cost.off.rate:.0f} jobs/s)"))
     return found
 
 
@@ -388,6 +394,15 @@ def failover_section(results: Results) -> str:
             f"{failover.table(results.failover)}")
 
 
+def containment_section(results: Results) -> str:
+    if results.containment is None:
+        return "Not measured in this run (see the notes)."
+    cost = results.containment
+    return (f"conductor under supervisord, N={cost.workers}, the same trivial jobs with JOB_CONTAINMENT=off and with "
+            "each job in cgroups of its own below a subtree prepared as `make run` prepares it; off and on "
+            f"interleaved, best of each (bench/containment.py):\n\n{cost.table()}")
+
+
 def markdown(results: Results) -> str:
     machine = "\n".join(f"| {key} | {value} |" for key, value in results.machine.items())
     notes = "".join(f"- {note}\n" for note in results.notes) or "- none\n"
@@ -430,6 +445,10 @@ is the script call itself and its time includes theirs):
 ## Redis failover
 
 {failover_section(results)}
+
+## Job containment
+
+{containment_section(results)}
 
 ## Machine
 

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import failover, machine, redis_cost, scenarios
+from . import containment, failover, machine, redis_cost, scenarios
 from .baselines import BASELINES
 from .cli_timing import CliTiming, cli_timings
+from .containment import ContainmentCost
 from .conductor_system import ConductorSystem
 from .failover import Failover
 from .placement_cost import PlacementCost, placement_costs
@@ -64,6 +65,9 @@ class Size:
     cli_stored: int = 10_000  # ended jobs in Redis while the commands are timed
     failover_rounds: int = 3  # Sentinel failovers, each on a fresh cluster (about 17 s apiece)
     failover_submits: int = 100  # submissions timed with WAIT 1 and as many without, per round
+    containment_jobs: int = 1000  # trivial jobs per run with job containment off and on (as root)
+    containment_runs: int = 2  # runs of each, interleaved
+    containment_latency_samples: int = 50
 
 
 FULL = Size(
@@ -79,7 +83,7 @@ QUICK = Size(
     restart_pause=0.2, backlogs=(300, 3_000), placement_passes=1, placement_singles=3,
     redis_workers=2, redis_jobs=20, cluster_nodes=(1, 2), cluster_workers_per_node=1,
     read_cluster=QUICK_LARGE, read_samples_cli=2, read_samples_http=5, cli_rounds=1, cli_stored=500,
-    failover_rounds=1, failover_submits=10,
+    failover_rounds=1, failover_submits=10, containment_jobs=20, containment_runs=1, containment_latency_samples=5,
 )
 
 
@@ -107,30 +111,7 @@ class Results:
     reads: ReadPaths | None = None
     cli: dict[str, CliTiming] = field(default_factory=dict)  # command -> start-to-exit timings
     failover: Failover | None = None
-
-
-@dataclass(frozen=True)
-class Scripts:
-    """The job scripts, one file each, shared by every system."""
-
-    trivial: Path
-    sleeper: Path
-    stamper: Path
-    stamp: Path
-
-    @classmethod
-    def write(cls, directory: Path, sleep: float) -> Scripts:
-        directory.mkdir(parents=True, exist_ok=True)
-        stamp = directory / "stamp"
-        files = {
-            "true.sh": "#!/bin/bash\ntrue\n",
-            "sleep.sh": f"#!/bin/bash\nsleep {sleep:g}\n",
-            # $EPOCHREALTIME is a bash variable: reading the clock forks nothing.
-            "stamp.sh": f'#!/bin/bash\necho "$EPOCHREALTIME" > {stamp}\n',
-        }
-        for name, text in files.items():
-            (directory / name).write_text(text)
-        return cls(directory / "true.sh", directory / "sleep.sh", directory / "stamp.sh", stamp)
+    containment: ContainmentCost | None = None
 
 
 def job_cpu(script: Path, runs: int = 50) -> float:
@@ -142,13 +123,13 @@ def job_cpu(script: Path, runs: int = 50) -> float:
     return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs
 
 
-def measure_throughput(system: System, scripts: Scripts, size: Size) -> Throughput:
+def measure_throughput(system: System, scripts: scenarios.Scripts, size: Size) -> Throughput:
     """The best of ``throughput_runs`` runs: load from other processes only ever slows a run down."""
     runs = [scenarios.throughput(system, scripts.trivial, size.throughput_jobs) for _ in range(size.throughput_runs)]
     return max(runs, key=lambda run: run.rate)
 
 
-def measure_details(system: System, found: SystemResults, scripts: Scripts, size: Size, notes: list[str]) -> None:
+def measure_details(system: System, found: SystemResults, scripts: scenarios.Scripts, size: Size, notes: list[str]) -> None:
     """Memory while idle, makespan, latency by every submit path the system has, then restarts."""
     found.pss = scenarios.pss_per_worker(system)
     found.makespan = scenarios.makespan(system, scripts.sleeper, size.makespan_jobs, size.makespan_sleep)
@@ -169,7 +150,7 @@ def measure_details(system: System, found: SystemResults, scripts: Scripts, size
 def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
     """Measure everything; ``say`` reports progress."""
     started = time.monotonic()
-    scripts = Scripts.write(workdir / "scripts", size.makespan_sleep)
+    scripts = scenarios.Scripts.write(workdir / "scripts", size.makespan_sleep)
     found = {cls.key: SystemResults(cls.label) for cls in SYSTEMS}
     notes: list[str] = []
     for workers in size.worker_counts:
@@ -197,5 +178,13 @@ def run(size: Size, workdir: Path, say: Callable[[str], None]) -> Results:
     cli = cli_timings(workdir / "cli", size.cli_rounds, size.cli_stored)
     say(f"Redis failover: primary SIGKILLed under a job stream, {size.failover_rounds} round(s)")
     failed_over = failover.measure(workdir / "failover", size.failover_rounds, size.failover_submits, say)
+    contained = None
+    why = containment.unavailable()
+    if why:
+        notes.append(f"job containment's cost not measured: {why}")
+    else:
+        say(f"job containment: {size.containment_jobs} trivial jobs off and on, {size.containment_runs} run(s) each")
+        contained = containment.measure(workdir / "containment", size.containment_jobs, 2, size.containment_runs,
+                                        size.containment_latency_samples, say)
     return Results(size, machine.describe(), found, placement, cluster, job_cpu(scripts.trivial),
-                   time.monotonic() - started, notes, reads, cli=cli, failover=failed_over)
+                   time.monotonic() - started, notes, reads, cli=cli, failover=failed_over, containment=contained)

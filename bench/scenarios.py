@@ -17,6 +17,31 @@ from . import procstat
 from .infra import BenchError, clean_env, wait_until
 from .system import System
 
+
+@dataclass(frozen=True)
+class Scripts:
+    """The job scripts, one file each, shared by every system."""
+
+    trivial: Path
+    sleeper: Path
+    stamper: Path
+    stamp: Path
+
+    @classmethod
+    def write(cls, directory: Path, sleep: float) -> Scripts:
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = directory / "stamp"
+        files = {
+            "true.sh": "#!/bin/bash\ntrue\n",
+            "sleep.sh": f"#!/bin/bash\nsleep {sleep:g}\n",
+            # $EPOCHREALTIME is a bash variable: reading the clock forks nothing.
+            "stamp.sh": f'#!/bin/bash\necho "$EPOCHREALTIME" > {stamp}\n',
+        }
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        return cls(directory / "true.sh", directory / "sleep.sh", directory / "stamp.sh", stamp)
+
+
 SETTLE_TIMEOUT = 600.0
 
 

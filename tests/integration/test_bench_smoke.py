@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import require
+from conductor import cgroups
+from support import IS_ROOT, require
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ("conductor", "seed parent (multiprocessing)", "rq worker-pool", "N x rq worker")
@@ -27,7 +28,7 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     report = (out / "BENCHMARKS.md").read_text()
     for section in ("## Results", "## Targets", "## Redis cost per job", "## Placement cost as the backlog grows",
                     "## Read paths at cluster size",
-                    "## Command line, start to exit", "## Redis failover", "## Machine", "## Method"):
+                    "## Command line, start to exit", "## Redis failover", "## Job containment", "## Machine", "## Method"):
         assert section in report
     for label in SYSTEMS:
         assert label in report
@@ -42,4 +43,8 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
                    "a job submitted after the kill starts"):
         assert f"| {moment} |" in report
     assert "jobs lost: 0, run twice: 0" in report and "| with WAIT 1 (sentinels) |" in report
+    if IS_ROOT and cgroups.detect_mode() is not cgroups.Mode.NONE:
+        assert "| off |" in report and "| on |" in report and "Job containment at most 10% slower" in report
+    else:  # not root, or no cgroups: the report says why instead
+        assert "job containment's cost not measured" in report
     assert (out / "bench.png").read_bytes().startswith(b"\x89PNG")
