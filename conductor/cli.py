@@ -227,7 +227,9 @@ def show(settings: Settings, job_id: str, as_json: bool) -> None:
     connection = connect(settings)
     job = jobs.get_named(connection, *_job_ref(job_id))
     if job is None:
-        raise Failure(f"job {job_id} does not exist" + (" (or the task is not materialised yet)" if "_" in job_id else ""))
+        number, task = _job_ref(job_id)
+        why = " (or the task is not materialised yet)" if task is not None else jobs.why_missing(connection, number)
+        raise Failure(f"job {job_id} does not exist{why}")
     job = partitions_module.annotate(connection, [job])[0]
     _emit(job, as_json, lambda j: "\n".join(f"{k:>16}: {'' if v is None else v}" for k, v in j.items()))
 

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from . import keys, scripts, workflow
-from .store import NotReplicated, confirm_replicated
+from .store import REPLICA_ACK_TIMEOUT_MS, UNREACHABLE, NotReplicated, pinned, sentinel_managed
 from .units import MAX_BYTES, MAX_TIME_LIMIT_MINUTES, MEMORY_PATTERN, parse_memory, parse_time_limit
 
 MAX_SCRIPT_BYTES = 1 << 20
@@ -194,11 +195,13 @@ def largest_node(connection: Redis) -> tuple[int, int]:
 
 
 def submit(connection: Redis, submission: JobSubmission, max_array_size: int = 1001,
-           kill_invalid_depend: bool = False) -> int:
+           kill_invalid_depend: bool = False, job_id: int | None = None) -> int:
     """Store ``submission`` as a PENDING job and return its id, or raise :class:`JobRejected`.
 
     ``kill_invalid_depend`` (the setting KILL_INVALID_DEPEND) is kept with the job: should its
     dependency become impossible, the Lua transition that finds out cancels it instead of holding it.
+    With sentinels, ``job_id`` may be an id from :func:`reserve_id` (None: one is reserved here),
+    and :class:`NotReplicated` is raised when no replica confirms the job (see :func:`_store_replicated`).
     """
     spec = submission.job
     max_cpus, max_memory = largest_node(connection)
@@ -253,13 +256,63 @@ def submit(connection: Redis, submission: JobSubmission, max_array_size: int = 1
         "array_task_step": array.step if array else "",
     }
     flat = [item for pair in fields.items() for item in pair]
-    job_id = int(scripts.run(connection, "submit", *flat))  # type: ignore[arg-type]
-    try:
-        confirm_replicated(connection)
-    except NotReplicated as error:
-        raise NotReplicated(f"job {job_id} reached the primary but {error}: it is lost if the primary "
-                            f"fails now (`conductor show {job_id}` tells whether it survived)") from None
-    return job_id
+    if not sentinel_managed(connection):
+        return int(scripts.run(connection, "submit", *flat))  # type: ignore[arg-type]
+    return _store_replicated(connection, flat, job_id)
+
+
+def reserve_id(connection: Redis) -> int:
+    """A new job id that a replica holds (the counter's INCR, confirmed by ``WAIT 1``), or raise
+    :class:`NotReplicated`, naming no id: nothing was stored, the client may simply submit again."""
+    counted, acked = pinned(connection, ("INCR", keys.NEXT_JOB_ID), ("WAIT", 1, REPLICA_ACK_TIMEOUT_MS))
+    for reply in (counted, acked):
+        if isinstance(reply, Exception):
+            raise reply
+    if int(acked) < 1:  # type: ignore[call-overload]
+        raise NotReplicated(f"no replica confirmed the write within {REPLICA_ACK_TIMEOUT_MS} ms: nothing was "
+                            "submitted (no job was created, no job id given); submit again once a replica "
+                            "is connected and keeping up")
+    return int(counted)  # type: ignore[call-overload]
+
+
+def _store_replicated(connection: Redis, flat: list[Any], job_id: int | None) -> int:
+    """Store the job under an id a replica already holds, then wait for a replica to hold the job.
+
+    Why the id comes first: a client told "job N reached the primary but no replica confirmed it"
+    looks N up later. Were the id counted in the same write as the job, a replica promoted after
+    the primary's death would lack both and hand N to the next submission, and `conductor show N`
+    would show someone else's job (seen in tests/integration/test_failover.py). With the counter
+    confirmed first, every later primary counts past N, so N stays this job's or nobody's. When
+    even the reservation is not confirmed nothing has been stored, and no id is named. The cost is
+    one more ``WAIT 1`` per submission, and only with sentinels.
+    """
+    script = scripts.script(connection, "submit")
+    for _ in range(3):
+        reserved = reserve_id(connection) if job_id is None else job_id
+        commands = (("EVALSHA", script.sha, 0, "id", reserved, *flat), ("WAIT", 1, REPLICA_ACK_TIMEOUT_MS))
+        try:
+            stored, acked = pinned(connection, *commands)
+            if isinstance(stored, NoScriptError):  # a new primary: send the script, then again
+                connection.script_load(script.script)
+                stored, acked = pinned(connection, *commands)
+        except UNREACHABLE as error:
+            raise NotReplicated(f"job {reserved}: Redis was lost before a replica confirmed the job ({error}); "
+                                f"`conductor show {reserved}` tells whether it was stored (the id is never "
+                                "given to another job)") from None
+        for reply in (stored, acked):
+            if isinstance(reply, Exception):
+                raise reply
+        if stored == 0:  # a primary that never saw the reservation gave the id out itself
+            if job_id is not None:
+                raise NotReplicated(f"job id {job_id} is already taken")
+            continue
+        if int(acked) < 1:  # type: ignore[call-overload]
+            raise NotReplicated(f"job {reserved} reached the primary but no replica confirmed the write within "
+                                f"{REPLICA_ACK_TIMEOUT_MS} ms: it is lost if the primary fails now (`conductor "
+                                f"show {reserved}` tells whether it survived; the id is never given to another job)")
+        return reserved
+    raise NotReplicated("three job ids a replica confirmed were already taken on the current primary: "
+                        "a failover to a replica that lacked them; submit again")
 
 
 def _check_dependency(connection: Redis, dependency: workflow.Dependency) -> None:
@@ -354,6 +407,22 @@ def get_named(connection: Redis, job_id: int, task: int | None = None) -> dict[s
         found = task_job_id(connection, job_id, task)
         return None if found is None else get(connection, found)
     return get(connection, job_id)
+
+
+def why_missing(connection: Redis, job_id: int) -> str:
+    """Why job ``job_id`` has no record, for "job N does not exist": nothing for an id never given
+    out; otherwise the ways an id given out can lack a job, so that a client told of an unconfirmed
+    submission (:func:`_store_replicated`) learns that it was lost and must be submitted again."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.get(keys.NEXT_JOB_ID)
+        pipe.zscore(keys.EXPIRED_THROUGH, "id")
+        counted, expired_through = pipe.execute()
+    if job_id > int(counted or 0):
+        return ""
+    expired = " or it ended and its record expired (JOB_RETENTION, MAX_JOB_RECORDS);" if job_id <= (expired_through or 0) else ""
+    return (f": the id was given out but no job is stored under it:{expired} a submission that failed with an error "
+            "after the id was given, or one that reached a Redis primary which died before a replica had it "
+            "(lost: submit it again)")
 
 
 def array_remainders(connection: Redis, array_job_ids: list[int]) -> dict[int, str]:

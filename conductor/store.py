@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
@@ -109,3 +110,32 @@ def confirm_replicated(connection: Redis) -> None:
         return
     if int(connection.wait(1, REPLICA_ACK_TIMEOUT_MS)) < 1:
         raise NotReplicated(f"no replica confirmed the write within {REPLICA_ACK_TIMEOUT_MS} ms")
+
+
+def pinned(connection: Redis, *commands: tuple[object, ...]) -> list[object]:
+    """Send ``commands`` in one round trip on one connection, never retried; their replies in order
+    (an error reply as its :class:`ResponseError`, in its place).
+
+    For a write followed by ``WAIT``: WAIT confirms the writes of the connection it runs on, so it
+    must follow the write on the same connection (a client shared by threads, as the API's is,
+    may hand out another one between two calls), and it must never be retried on a new
+    connection: after the primary's death that lands on the promoted replica, where a WAIT with
+    nothing written before it answers at once and would confirm a write the new primary lacks.
+    A lost connection is raised (one of :data:`UNREACHABLE`): what reached Redis is then unknown.
+    """
+    pool = connection.connection_pool
+    link = pool.get_connection()
+    try:
+        link.send_packed_command(link.pack_commands(commands))
+        replies: list[object] = []
+        for _ in commands:
+            try:
+                replies.append(link.read_response())
+            except ResponseError as error:
+                replies.append(error)
+    except BaseException:
+        link.disconnect()  # a reply may still be unread: never hand this connection out again as is
+        raise
+    finally:
+        pool.release(link)
+    return replies

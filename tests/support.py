@@ -416,7 +416,30 @@ class SentinelCluster:
         victim.process.wait()
         return victim
 
+    @contextmanager
+    def replicas_cut_off(self) -> Iterator[None]:
+        """Inside the block no replica receives anything from the primary: each replica is stopped
+        (SIGSTOP) and the primary drops its links to them (they cannot reconnect while stopped), so
+        what the primary writes meanwhile exists only there, as when a replica's link breaks. Merely
+        stopping them would not do: resumed after the primary's death, a replica would still read
+        what the primary had sent into its socket. The replicas are resumed (SIGCONT) after the block."""
+        primary = self.current()
+        for replica in self.replicas:
+            assert replica.process is not None
+            replica.process.send_signal(signal.SIGSTOP)
+        try:
+            primary.client().execute_command("CLIENT", "KILL", "TYPE", "replica")
+            yield
+        finally:
+            self._resume_replicas()
+
+    def _resume_replicas(self) -> None:
+        for replica in self.replicas:
+            if replica.process is not None and replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        self._resume_replicas()  # a stopped process would not act on SIGTERM
         for process in self.sentinels:
             if process.poll() is None:
                 process.terminate()

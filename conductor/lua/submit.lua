@@ -1,6 +1,18 @@
 -- Store a new PENDING job. ARGV: field, value, ... (already validated). Returns the new id.
-local id = redis.call('INCR', NEXT_JOB_ID)
-redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), unpack(ARGV))
+-- ARGV may start with 'id', <id>: an id the client reserved beforehand (with sentinels, an INCR a
+-- replica confirmed), so that no later primary can hand it out again. Then 0 is returned when a job
+-- already holds that id, and the counter is raised to it (this may be a primary that never saw the
+-- reservation).
+local fields, id = ARGV, nil
+if ARGV[1] == 'id' then
+  id = tonumber(ARGV[2])
+  fields = {unpack(ARGV, 3)}
+  if redis.call('EXISTS', job_key(id)) == 1 then return 0 end
+  if tonumber(redis.call('GET', NEXT_JOB_ID) or 0) < id then redis.call('SET', NEXT_JOB_ID, id) end
+else
+  id = redis.call('INCR', NEXT_JOB_ID)
+end
+redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), unpack(fields))
 redis.call('ZADD', JOBS, id, id)
 redis.call('ZADD', state_key('PENDING'), id, id)
 local j = redis.call('HMGET', job_key(id), 'account', 'name', 'dependency', 'array')
@@ -12,7 +24,7 @@ if j[4] and j[4] ~= '' then
   local key = array_key(id)
   local spec, limit = j[4], string.match(j[4], '%%(%d+)$') or '0'
   local first = tonumber(string.match(spec, '^(%d+)'))
-  redis.call('HSET', key .. ARRAY_TEMPLATE_SUFFIX, unpack(ARGV))
+  redis.call('HSET', key .. ARRAY_TEMPLATE_SUFFIX, unpack(fields))
   redis.call('HSET', key .. ARRAY_TEMPLATE_SUFFIX, 'array_job_id', id)
   redis.call('HSET', key, 'spec', spec, 'limit', limit, 'run', 1, 'next', first, 'pending', 1,
     'materialized', 1, 'ended', 0, 'bad', 0, 'begun', 0, 'count', redis.call('HGET', job_key(id), 'array_task_count'))

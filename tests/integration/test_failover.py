@@ -8,6 +8,7 @@ the workers' PIDs unchanged (none exited), and ``conductor check --cluster`` cle
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -25,7 +26,8 @@ from conductor import jobs, placement, reconcile
 from conductor.config import load_settings
 from conductor.jobs import JobState, JobSubmission
 from conductor.store import UNREACHABLE, NotReplicated, connect
-from support import Node, RedisServer, SentinelCluster, conductor, require, running, wait_until
+from support import Node, RedisServer, SentinelCluster, conductor, free_port, require, running, wait_until
+from test_api import Api
 
 
 def recording_script(runs: Path, body: str = "sleep 0.2") -> str:
@@ -42,6 +44,35 @@ def assert_cluster_check_passes(config: Path) -> None:
     result = conductor("check", "--cluster", "--json", config=config, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout) == {"ok": True, "violations": []}
+
+
+def ids_named(text: str) -> set[int]:
+    """The job ids an error message names ("job 12 ...")."""
+    return {int(found) for found in re.findall(r"\bjob (\d+)\b", text)}
+
+
+def job_names(config: Path) -> list[str]:
+    return [job["name"] for job in json.loads(conductor("jobs", "--json", config=config).stdout)]
+
+
+def submit_when_accepted(config: Path, name: str, told: set[int], timeout: float = 60) -> int:
+    """Submit through the CLI until a submission is acknowledged (after a failover the new primary
+    needs a replica first); the ids named by the refusals on the way are added to ``told``."""
+    def attempt() -> int | None:
+        result = conductor("submit", "--name", name, "-", config=config, input="#!/bin/bash\ntrue\n", check=False)
+        if result.returncode == 0:
+            return int(result.stdout)
+        assert result.returncode == 1, result.stderr
+        told.update(ids_named(result.stderr))
+        return None
+
+    return wait_until(attempt, timeout=timeout, interval=0.2, what=f"a submission ({name}) to be acknowledged")
+
+
+def wait_state(connection: Redis, job_id: int, state: str, timeout: float = 30) -> dict:
+    """Like Node.wait_state, through the sentinels' current primary."""
+    return wait_until(lambda: (job := jobs.get(connection, job_id)) is not None and job["state"] == state and job,
+                      timeout=timeout, what=f"job {job_id} to be {state}")
 
 
 class Stream:
@@ -233,9 +264,9 @@ def test_restart_from_an_older_snapshot_is_reconciled_from_what_workers_know(tmp
 
 
 @pytest.mark.reliability("fault: replicas lagging when a job is submitted (Sentinel)")
-def test_a_submission_no_replica_confirmed_is_not_acknowledged_and_says_which_job(tmp_path, sentinel_cluster):
-    """With sentinels, `submit` answers with an id only once a replica has the job: a job only the
-    primary holds would vanish in a failover, so the client gets an error naming the job instead."""
+def test_a_submission_no_replica_confirmed_is_refused_without_a_job_or_an_id(tmp_path, sentinel_cluster):
+    """With sentinels, `submit` answers with an id only once a replica has the job: while no
+    replica acknowledges, it fails before anything is stored, names no id, and no job runs."""
     cluster = sentinel_cluster
     node = Node(tmp_path, cluster.primary, WORKER_CONCURRENCY=1, HEARTBEAT_TTL=5,
                 REDIS_SENTINELS=cluster.addresses, REDIS_SENTINEL_MASTER=cluster.MASTER)
@@ -254,14 +285,110 @@ def test_a_submission_no_replica_confirmed_is_not_acknowledged_and_says_which_jo
 
         for replica in cluster.replicas:  # DEBUG SLEEP blocks the replica's event loop: no acks
             wait_until(lambda r=replica: stalled(r), what=f"replica {replica.port} to stall")
-        result = conductor("submit", "-", config=node.config, input="#!/bin/bash\ntrue\n", check=False)
+        result = conductor("submit", "--name", "unconfirmed", "-", config=node.config, input="#!/bin/bash\ntrue\n",
+                           check=False)
         for stall in stalls:
             assert stall.wait(timeout=30) == 0
         assert result.returncode == 1, result.stdout
         assert result.stdout == ""
-        assert "no replica confirmed the write" in result.stderr and "conductor show" in result.stderr
-        job_id = int(result.stderr.split("job ", 1)[1].split()[0])
-        assert node.wait_state(job_id, "COMPLETED")  # the primary survived: the job was not lost
+        assert "no replica confirmed the write" in result.stderr and "nothing was submitted" in result.stderr
+        assert ids_named(result.stderr) == set(), result.stderr
+        assert "unconfirmed" not in job_names(node.config)  # the primary survived, and holds no such job
+        later = node.submit("#!/bin/bash\ntrue\n")  # the replicas answer again
+        assert node.wait_state(later, "COMPLETED")
+
+
+@pytest.mark.reliability("fault: Redis primary SIGKILLed after a submission no lagging replica confirmed (Sentinel)")
+def test_a_submission_unconfirmed_when_the_primary_dies_names_no_id_that_another_job_gets(tmp_path, sentinel_cluster):
+    """The replicas hang, a client submits through the CLI and through the HTTP API, then the
+    primary is SIGKILLed and a replica that never saw those submissions is promoted. Each client
+    was refused without an id (exit 1 / 503), no job of theirs exists afterwards, no id named to
+    a client goes to another job, the worker that ran a job through it all keeps its PID and its
+    job, and the cluster check passes."""
+    cluster = sentinel_cluster
+    gate = tmp_path / "gate"
+    node = Node(tmp_path, cluster.primary, WORKER_CONCURRENCY=1, HEARTBEAT_TTL=5, API_PORT=free_port(),
+                REDIS_SENTINELS=cluster.addresses, REDIS_SENTINEL_MASTER=cluster.MASTER)
+    with running(node):
+        [worker] = node.start_workers(1)
+        held = node.submit(f"#!/bin/bash\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n")
+        node.wait_state(held, "RUNNING")
+        with running(Api(node.config)) as api:
+            with cluster.replicas_cut_off():
+                cli = conductor("submit", "--name", "unconfirmed-cli", "-", config=node.config,
+                                input="#!/bin/bash\ntrue\n", check=False)
+                http = api.submit("#!/bin/bash\ntrue\n", name="unconfirmed-http")
+                victim = cluster.kill_primary()
+            wait_until(lambda: cluster.primary_port() != victim.port, timeout=60, interval=0.05,
+                       what="sentinels to fail over")
+            told = ids_named(cli.stderr) | ids_named(http.text)
+            after_cli = submit_when_accepted(node.config, "after-cli", told)
+            after_http = wait_until(lambda: (r := api.submit("#!/bin/bash\ntrue\n", name="after-http")).status_code == 201
+                                    and r.json()["job_id"], timeout=60, what="the API to accept a job again")
+        assert not told & {after_cli, after_http}, f"ids named to refused clients went to other jobs: {told}"
+
+        assert cli.returncode == 1 and cli.stdout == "", cli.stdout
+        assert "no replica confirmed the write" in cli.stderr and "nothing was submitted" in cli.stderr, cli.stderr
+        assert http.status_code == 503 and http.headers["Retry-After"] == "5", http.text
+        assert "nothing was submitted" in http.json()["detail"], http.text
+        assert told == set(), f"a refused client was told an id: {cli.stderr} {http.text}"
+        names = job_names(node.config)
+        assert not {"unconfirmed-cli", "unconfirmed-http"} & set(names), names
+
+        connection = connect(load_settings(node.config))
+        assert jobs.get(connection, held)["state"] == "RUNNING"  # type: ignore[index]
+        gate.touch()
+        for job_id in (held, after_cli, after_http):
+            wait_state(connection, job_id, "COMPLETED")
+        assert worker.process.poll() is None and node.workers[1].pid == worker.pid
+        assert_cluster_check_passes(node.config)
+
+
+@pytest.mark.reliability("fault: a job stored on the Redis primary but confirmed by no replica (Sentinel)", cases=2)
+@pytest.mark.parametrize("primary", ["dies", "survives"])
+def test_a_job_no_replica_confirmed_keeps_its_id_whether_or_not_the_primary_survives(tmp_path, sentinel_cluster,
+                                                                                     primary):
+    """The narrower window: the id was reserved (a replica confirmed it), then the replicas hang
+    before the job itself reaches one. The client is told the job's id and that it is not
+    confirmed. If the primary survives the job runs; if it dies, `conductor show N` says the job
+    was lost, and no later job gets id N."""
+    cluster = sentinel_cluster
+    gate = tmp_path / "gate"
+    node = Node(tmp_path, cluster.primary, WORKER_CONCURRENCY=1, HEARTBEAT_TTL=5,
+                REDIS_SENTINELS=cluster.addresses, REDIS_SENTINEL_MASTER=cluster.MASTER)
+    with running(node):
+        [worker] = node.start_workers(1)
+        held = node.submit(f"#!/bin/bash\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n")  # so the new job waits
+        node.wait_state(held, "RUNNING")
+        settings = load_settings(node.config)
+        connection = connect(settings)
+        submission = JobSubmission.model_validate({"job": {"name": "unconfirmed"}, "script": "#!/bin/bash\ntrue\n"})
+        reserved = jobs.reserve_id(connection)
+        with cluster.replicas_cut_off():
+            with pytest.raises(NotReplicated) as refused:
+                jobs.submit(connection, submission, job_id=reserved)
+            if primary == "dies":
+                victim = cluster.kill_primary()
+        if primary == "dies":
+            wait_until(lambda: cluster.primary_port() != victim.port, timeout=60, interval=0.05,
+                       what="sentinels to fail over")
+        message = str(refused.value)
+        assert f"job {reserved} reached the primary but no replica confirmed the write" in message, message
+        assert f"conductor show {reserved}" in message, message
+        later = submit_when_accepted(node.config, "later", set())
+        assert later > reserved, f"job id {reserved}, named to the client, went to another job"
+        shown = conductor("show", str(reserved), config=node.config, check=False)
+        if primary == "dies":
+            assert shown.returncode == 1, shown.stdout
+            assert f"job {reserved} does not exist: the id was given out but no job is stored" in shown.stderr
+            assert "lost: submit it again" in shown.stderr, shown.stderr
+        else:
+            assert shown.returncode == 0 and "unconfirmed" in shown.stdout, shown.stdout + shown.stderr
+        gate.touch()
+        for job_id in (held, later, *([reserved] if primary == "survives" else [])):
+            wait_state(connection, job_id, "COMPLETED")
+        assert worker.process.poll() is None and node.workers[1].pid == worker.pid
+        assert_cluster_check_passes(node.config)
 
 
 @pytest.mark.reliability("fault: a node's ledger out of step with its RUNNING jobs")

@@ -121,10 +121,12 @@ def get_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
 
 
 def _job_or_404(ctx: Context, job_id: str) -> dict[str, Any]:
-    found = jobs.get_named(ctx.connection, *workflow.parse_job_ref(job_id))
+    number, task = workflow.parse_job_ref(job_id)
+    found = jobs.get_named(ctx.connection, number, task)
     if found is None:
         raise HTTPException(404, f"job {job_id} does not exist" + (
-            " (or the task is not materialised yet: it waits in the array's pending part)" if "_" in job_id else ""))
+            " (or the task is not materialised yet: it waits in the array's pending part)" if task is not None
+            else jobs.why_missing(ctx.connection, number)))
     return found
 
 
