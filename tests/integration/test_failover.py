@@ -300,7 +300,7 @@ def test_a_submission_no_replica_confirmed_is_refused_without_a_job_or_an_id(tmp
 
 @pytest.mark.reliability("fault: Redis primary SIGKILLed after a submission no lagging replica confirmed (Sentinel)")
 def test_a_submission_unconfirmed_when_the_primary_dies_names_no_id_that_another_job_gets(tmp_path, sentinel_cluster):
-    """The replicas hang, a client submits through the CLI and through the HTTP API, then the
+    """The replicas are cut off, a client submits through the CLI and through the HTTP API, then the
     primary is SIGKILLed and a replica that never saw those submissions is promoted. Each client
     was refused without an id (exit 1 / 503), no job of theirs exists afterwards, no id named to
     a client goes to another job, the worker that ran a job through it all keeps its PID and its
@@ -344,11 +344,11 @@ def test_a_submission_unconfirmed_when_the_primary_dies_names_no_id_that_another
         assert_cluster_check_passes(node.config)
 
 
-@pytest.mark.reliability("fault: a job stored on the Redis primary but confirmed by no replica (Sentinel)", cases=2)
+@pytest.mark.reliability("fault: a job stored on the Redis primary but confirmed by no replica (Sentinel)")
 @pytest.mark.parametrize("primary", ["dies", "survives"])
 def test_a_job_no_replica_confirmed_keeps_its_id_whether_or_not_the_primary_survives(tmp_path, sentinel_cluster,
                                                                                      primary):
-    """The narrower window: the id was reserved (a replica confirmed it), then the replicas hang
+    """The narrower window: the id was reserved (a replica confirmed it), then the replicas are cut off
     before the job itself reaches one. The client is told the job's id and that it is not
     confirmed. If the primary survives the job runs; if it dies, `conductor show N` says the job
     was lost, and no later job gets id N."""
