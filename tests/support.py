@@ -366,9 +366,7 @@ class SentinelCluster:
     def start(self) -> SentinelCluster:
         self.primary.start()
         for i in (1, 2):
-            replica = RedisServer(self.directory / f"replica-{i}",
-                                  extra=("--replicaof", "127.0.0.1", str(self.primary.port),
-                                         "--enable-debug-command", "local"))  # DEBUG SLEEP: a lagging replica
+            replica = RedisServer(self.directory / f"replica-{i}", extra=("--replicaof", "127.0.0.1", str(self.primary.port)))
             self.replicas.append(replica.start())
         for i, port in enumerate(self.sentinel_ports):
             directory = self.directory / f"sentinel-{i}"
@@ -417,18 +415,21 @@ class SentinelCluster:
         return victim
 
     @contextmanager
-    def replicas_cut_off(self) -> Iterator[None]:
-        """Inside the block no replica receives anything from the primary: each replica is stopped
-        (SIGSTOP) and the primary drops its links to them (they cannot reconnect while stopped), so
-        what the primary writes meanwhile exists only there, as when a replica's link breaks. Merely
-        stopping them would not do: resumed after the primary's death, a replica would still read
-        what the primary had sent into its socket. The replicas are resumed (SIGCONT) after the block."""
+    def replicas_stopped(self, cut_links: bool = False) -> Iterator[None]:
+        """Every replica stopped (SIGSTOP) inside the block and resumed (SIGCONT) after it: replicas
+        that acknowledge nothing for as long as the test needs, as on a hung host.
+
+        ``cut_links``: the primary also drops its links to them (they cannot reconnect while
+        stopped), so what it writes meanwhile exists only on the primary, as when a replica's link
+        breaks. Without it a replica resumed after the primary's death would still read what the
+        primary had sent into its socket before dying."""
         primary = self.current()
         for replica in self.replicas:
             assert replica.process is not None
             replica.process.send_signal(signal.SIGSTOP)
         try:
-            primary.client().execute_command("CLIENT", "KILL", "TYPE", "replica")
+            if cut_links:
+                primary.client().execute_command("CLIENT", "KILL", "TYPE", "replica")
             yield
         finally:
             self._resume_replicas()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -18,9 +17,6 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from conductor import jobs, placement, reconcile
 from conductor.config import load_settings
@@ -272,33 +268,19 @@ def test_a_submission_no_replica_confirmed_is_refused_without_a_job_or_an_id(tmp
                 REDIS_SENTINELS=cluster.addresses, REDIS_SENTINEL_MASTER=cluster.MASTER)
     with running(node):
         node.start_workers(1)
-        # redis-cli sends it once (a client library might retry it after its own socket timeout).
-        stalls = [subprocess.Popen(["redis-cli", "-p", str(r.port), "DEBUG", "SLEEP", "6"],
-                                   stdout=subprocess.DEVNULL) for r in cluster.replicas]
-
-        def stalled(replica: RedisServer) -> bool:
-            try:
-                Redis(port=replica.port, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)).ping()
-                return False
-            except RedisTimeoutError:
-                return True
-
-        for replica in cluster.replicas:  # DEBUG SLEEP blocks the replica's event loop: no acks
-            wait_until(lambda r=replica: stalled(r), what=f"replica {replica.port} to stall")
-        result = conductor("submit", "--name", "unconfirmed", "-", config=node.config, input="#!/bin/bash\ntrue\n",
-                           check=False)
-        for stall in stalls:
-            assert stall.wait(timeout=30) == 0
+        with cluster.replicas_stopped():  # hung replicas: the links stay, nothing is acknowledged
+            result = conductor("submit", "--name", "unconfirmed", "-", config=node.config,
+                               input="#!/bin/bash\ntrue\n", check=False)
         assert result.returncode == 1, result.stdout
         assert result.stdout == ""
         assert "no replica confirmed the write" in result.stderr and "nothing was submitted" in result.stderr
         assert ids_named(result.stderr) == set(), result.stderr
         assert "unconfirmed" not in job_names(node.config)  # the primary survived, and holds no such job
-        later = node.submit("#!/bin/bash\ntrue\n")  # the replicas answer again
+        later = submit_when_accepted(node.config, "later", set())  # the replicas answer again
         assert node.wait_state(later, "COMPLETED")
 
 
-@pytest.mark.reliability("fault: Redis primary SIGKILLed after a submission no lagging replica confirmed (Sentinel)")
+@pytest.mark.reliability("fault: Redis primary SIGKILLed after submissions no replica confirmed, replicas cut off (Sentinel)")
 def test_a_submission_unconfirmed_when_the_primary_dies_names_no_id_that_another_job_gets(tmp_path, sentinel_cluster):
     """The replicas are cut off, a client submits through the CLI and through the HTTP API, then the
     primary is SIGKILLed and a replica that never saw those submissions is promoted. Each client
@@ -314,7 +296,7 @@ def test_a_submission_unconfirmed_when_the_primary_dies_names_no_id_that_another
         held = node.submit(f"#!/bin/bash\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n")
         node.wait_state(held, "RUNNING")
         with running(Api(node.config)) as api:
-            with cluster.replicas_cut_off():
+            with cluster.replicas_stopped(cut_links=True):
                 cli = conductor("submit", "--name", "unconfirmed-cli", "-", config=node.config,
                                 input="#!/bin/bash\ntrue\n", check=False)
                 http = api.submit("#!/bin/bash\ntrue\n", name="unconfirmed-http")
@@ -364,7 +346,7 @@ def test_a_job_no_replica_confirmed_keeps_its_id_whether_or_not_the_primary_surv
         connection = connect(settings)
         submission = JobSubmission.model_validate({"job": {"name": "unconfirmed"}, "script": "#!/bin/bash\ntrue\n"})
         reserved = jobs.reserve_id(connection)
-        with cluster.replicas_cut_off():
+        with cluster.replicas_stopped(cut_links=True):
             with pytest.raises(NotReplicated) as refused:
                 jobs.submit(connection, submission, job_id=reserved)
             if primary == "dies":
