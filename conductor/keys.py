@@ -14,11 +14,16 @@ JOBS = PREFIX + "jobs"  # sorted set of every job id, score = id
 NODES = PREFIX + "nodes"  # set of node names that ever registered
 WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
 MAINTENANCE = PREFIX + "maintenance"  # short lease: one worker per heartbeat interval reaps and places
-# Set of the nodes that may have a free worker slot: a placement looks only at these, so its cost
-# does not grow with the cluster. Whatever may free a slot adds the node (a job's resources released,
-# a worker registering, a node declared or resumed); a placement drops the nodes it finds full;
-# the heartbeat's safety pass looks at every node and rebuilds the set.
+# Set of the nodes to look at again: whatever may add a worker slot adds the node (a worker
+# registering or claiming in its own name, a node declared or resumed); the next placement reads
+# them, files them in OPEN_NODES_BY_FREE_CPUS and empties the set.
 OPEN_NODES = PREFIX + "open-nodes"
+# Sorted set: the nodes that may take a job now (a free worker slot, not drained), scored by their
+# free CPUs. A placement asks it for the node with the fewest free CPUs that fits (one range query)
+# and checks that node before using it, so its cost does not grow with the cluster. A job's end
+# (its resources released) files its node again with the new score; the heartbeat's safety pass
+# looks at every node and rebuilds it.
+OPEN_NODES_BY_FREE_CPUS = PREFIX + "open-nodes-by-free-cpus"
 # Hash: the most CPUs and memory any node offers (``cpus``, ``memory``), rewritten whenever a node
 # declares its totals, so a submission is checked in one read whatever the number of nodes.
 LARGEST_NODE = PREFIX + "largest-node"

@@ -304,7 +304,7 @@ class Runner:
 
     def _wait(self, job_id: int, process: subprocess.Popen[bytes], time_limit: float | None) -> Outcome:
         control = keys.job_control(job_id)
-        threading.Thread(target=self._announce_exit, args=(process, control), daemon=True).start()
+        watch = _ExitWatch(self.connection, process, control)
         deadline = None if time_limit is None else time.monotonic() + time_limit
         while True:
             if process.poll() is not None:
@@ -314,30 +314,70 @@ class Runner:
                 self._stop(process)
                 return Outcome(JobState.TIMEOUT, None, f"time limit of {time_limit:g} s reached")
             wait = 5.0 if remaining is None else min(remaining, 5.0)
+            if not watch.begin_wait():
+                continue  # it has just ended: seen at the top of the loop, without Redis
             try:
                 message = self.waiter.blpop([control], timeout=wait)
             except UNREACHABLE as error:
                 logger.error("job {}: Redis unreachable while waiting ({}); watching the process locally", job_id, error)
                 _wait_quietly(process, min(wait, 1.0))
                 continue
+            finally:
+                watch.end_wait()
             if message and message[1] == "cancel":
                 self._stop(process)
                 reason = self.connection.hget(keys.job(job_id), "cancel_reason") or "cancelled"
                 return Outcome(JobState.CANCELLED, None, reason)
 
-    def _announce_exit(self, process: subprocess.Popen[bytes], control: str) -> None:
-        process.wait()
-        try:
-            with self.connection.pipeline(transaction=False) as pipe:
-                pipe.rpush(control, "exit")
-                pipe.expire(control, 60)  # if the job was settled first
-                pipe.execute()
-        except UNREACHABLE as error:  # the waiting loop notices the exit by itself within a second
-            logger.debug("could not announce the end of {}: {}", control, error)
-
     def _stop(self, process: subprocess.Popen[bytes]) -> None:
         procs.signal_group(process.pid, signal.SIGTERM)
         _wait_quietly(process, KILL_GRACE)
+
+
+class _ExitWatch:
+    """Tells the waiting loop that the job's process ended: through the job's control list, and
+    only while the loop blocks on it.
+
+    A job that ends before the worker waits on Redis (most short jobs) costs Redis nothing for its
+    end: the loop sees the exit itself. One that ends while the worker blocks on the list wakes it
+    with an ``exit`` entry.
+    """
+
+    def __init__(self, connection: Redis, process: subprocess.Popen[bytes], control: str) -> None:
+        self.connection = connection
+        self.process = process
+        self.control = control
+        self.lock = threading.Lock()
+        self.exited = False
+        self.waiting = False
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def begin_wait(self) -> bool:
+        """Before blocking on the list: False when the process has ended already (do not block)."""
+        with self.lock:
+            if self.exited:
+                return False
+            self.waiting = True
+            return True
+
+    def end_wait(self) -> None:
+        with self.lock:
+            self.waiting = False
+
+    def _watch(self) -> None:
+        self.process.wait()
+        with self.lock:
+            self.exited = True
+            announce = self.waiting
+        if not announce:
+            return
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.rpush(self.control, "exit")
+                pipe.expire(self.control, 60)  # if the job was settled first
+                pipe.execute()
+        except UNREACHABLE as error:  # the waiting loop notices the exit by itself within a second
+            logger.debug("could not announce the end of {}: {}", self.control, error)
 
 
 def _wait_quietly(process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -3,45 +3,90 @@
 -- for large jobs) and only where a worker slot is free. Returns {id, node, id, node, ...}.
 -- Pending jobs are indexed per class (cpus:memory:partition): each step looks at the oldest job of
 -- every class that fits some node, so a job that fits is found behind any backlog of jobs that
--- do not, and the cost per placed job depends on the numbers of classes and nodes, not the backlog.
--- ARGV[1] 'full' (the heartbeat's safety pass) looks at every node and rebuilds OPEN_NODES; any
--- other pass looks only at the nodes in it, so its cost does not grow with the cluster.
+-- do not, and the cost per placed job depends on the numbers of classes, not the backlog.
+-- Nodes are found through OPEN_NODES_BY_FREE_CPUS (nodes with a free slot, scored by free CPUs):
+-- the best fit is the first entry at or above the job's CPUs whose memory and partition fit, and
+-- each node used is checked first (slots, drain, free CPUs), so the index is a hint that a pass
+-- corrects, and a placement looks at about one node however large the cluster.
+-- ARGV[1] 'full' (the heartbeat's safety pass) looks at every node and rebuilds the index; any
+-- other pass first files the nodes listed in OPEN_NODES (a worker slot added) and empties it.
 local full = ARGV[1] == 'full'
--- Nothing placeable: no pass over the nodes (a job's end with an empty backlog costs one call).
-if not full and redis.call('SCARD', PENDING_CLASSES) == 0 then return {} end
-local candidates = {}
-local open_slots = 0
-for _, name in ipairs(redis.call('SMEMBERS', full and NODES or OPEN_NODES)) do
+local class_names = redis.call('SMEMBERS', PENDING_CLASSES)
+-- Nothing placeable: no look at the nodes (a job's end with an empty backlog costs one call).
+if not full and #class_names == 0 then return {} end
+
+-- What this pass knows of each node it looked at: false when it takes no job now.
+local nodes = {}
+local function look(name)
+  if nodes[name] ~= nil then return nodes[name] end
+  local info = false
   local slots = redis.call('SCARD', node_workers_key(name)) - redis.call('SCARD', running_key(name))
-  if slots <= 0 or redis.call('EXISTS', node_drain_key(name)) == 1 then  -- a drained node takes no new jobs
-    redis.call('SREM', OPEN_NODES, name)
-  else
-    if full then redis.call('SADD', OPEN_NODES, name) end
+  if slots > 0 and redis.call('EXISTS', node_drain_key(name)) == 0 then  -- a drained node takes no new jobs
     local n = redis.call('HMGET', node_key(name), 'total_memory', 'allocated_memory', 'total_cpus', 'allocated_cpus', 'partitions')
     -- After TOTAL_CPUS was lowered, running jobs may hold more than the new total: the
     -- difference, not the free-id set alone, bounds what may be allocated.
     local cpus = math.min(redis.call('ZCARD', free_cpus_key(name)), tonumber(n[3] or 0) - tonumber(n[4] or 0))
-    table.insert(candidates, {name = name, slots = slots, cpus = cpus,
-      memory = tonumber(n[1] or 0) - tonumber(n[2] or 0), partitions = ',' .. (n[5] or '') .. ','})
-    open_slots = open_slots + slots
+    info = {name = name, slots = slots, cpus = math.max(cpus, 0),
+      memory = tonumber(n[1] or 0) - tonumber(n[2] or 0), partitions = ',' .. (n[5] or '') .. ','}
+  end
+  nodes[name] = info
+  return info
+end
+
+-- File a node in the index as this pass knows it.
+local function file(name, info)
+  if info and info.slots > 0 then
+    redis.call('ZADD', OPEN_NODES_BY_FREE_CPUS, info.cpus, name)
+  else
+    redis.call('ZREM', OPEN_NODES_BY_FREE_CPUS, name)
   end
 end
-if open_slots == 0 then return {} end
 
+if full then
+  redis.call('DEL', OPEN_NODES_BY_FREE_CPUS, OPEN_NODES)
+  for _, name in ipairs(redis.call('SMEMBERS', NODES)) do
+    local info = look(name)
+    if info then file(name, info) end
+  end
+else
+  local listed = redis.call('SMEMBERS', OPEN_NODES)
+  if #listed > 0 then
+    for _, name in ipairs(listed) do file(name, look(name)) end
+    redis.call('SREM', OPEN_NODES, unpack(listed))
+  end
+end
+
+local function serves(c, partition)
+  -- NODE_PARTITIONS empty (',,') serves every partition; so does a class of an older release ('')
+  return c.partitions == ',,' or partition == '' or string.find(c.partitions, ',' .. partition .. ',', 1, true)
+end
+
+-- The node with the fewest free CPUs that fits (ties: the first name), or nil. An entry whose
+-- node turns out different from its score is corrected and the question asked again.
+local BATCH = 16
 local function best_node(cpus, memory, partition)
-  local best = nil
-  for _, c in ipairs(candidates) do
-    -- NODE_PARTITIONS empty (',,') serves every partition; so does a class of an older release ('')
-    if c.slots > 0 and c.cpus >= cpus and c.memory >= memory and (c.partitions == ',,' or partition == ''
-        or string.find(c.partitions, ',' .. partition .. ',', 1, true)) then
-      if best == nil or c.cpus < best.cpus or (c.cpus == best.cpus and c.name < best.name) then best = c end
+  while true do
+    local offset, again = 0, false
+    while not again do
+      local found = redis.call('ZRANGEBYSCORE', OPEN_NODES_BY_FREE_CPUS, cpus, '+inf', 'WITHSCORES', 'LIMIT', offset, BATCH)
+      for i = 1, #found, 2 do
+        local name, score = found[i], tonumber(found[i + 1])
+        local c = look(name)
+        if not c or c.slots <= 0 or c.cpus ~= score then
+          file(name, c)
+          again = true
+          break
+        end
+        if c.memory >= memory and serves(c, partition) then return c end
+      end
+      if not again and #found < 2 * BATCH then return nil end
+      offset = offset + BATCH
     end
   end
-  return best
 end
 
 local classes = {}
-for _, name in ipairs(redis.call('SMEMBERS', PENDING_CLASSES)) do
+for _, name in ipairs(class_names) do
   local cpus, memory, partition = string.match(name, '^(%d+):(%d+):?(.*)$')
   if cpus then
     table.insert(classes, {name = name, key = PENDING_CLASS_PREFIX .. name,
@@ -51,8 +96,8 @@ for _, name in ipairs(redis.call('SMEMBERS', PENDING_CLASSES)) do
   end
 end
 
--- The oldest placeable job of a class; entries that are no longer PENDING (left by a script of
--- an older release during a rolling upgrade) are dropped on the way.
+-- The oldest placeable job of a class, with its fields (read_job); entries that are no longer
+-- PENDING (left by a script of an older release during a rolling upgrade) are dropped on the way.
 local function head(class)
   while true do
     local first = redis.call('ZRANGE', class.key, 0, 0)
@@ -60,45 +105,59 @@ local function head(class)
       redis.call('SREM', PENDING_CLASSES, class.name)
       return nil
     end
-    if redis.call('HGET', job_key(first[1]), 'state') == 'PENDING' then return tonumber(first[1]) end
+    local j = read_job(first[1])
+    if j.state == 'PENDING' then return {id = tonumber(first[1]), j = j} end
     redis.call('ZREM', class.key, first[1])
   end
 end
 
 local placed = {}
-local started = now()
-while open_slots > 0 do
-  local pick, pick_node = nil, nil
+local started = nil
+while true do
+  local pick = nil
   for _, class in ipairs(classes) do
     if not class.done then
-      local node = best_node(class.cpus, class.memory, class.partition)
-      if node == nil then
+      if class.node == nil then class.node = best_node(class.cpus, class.memory, class.partition) end
+      if class.node == nil then
         class.done = true  -- free room only shrinks during a pass
       else
         if class.first == nil then class.first = head(class) end
         if class.first == nil then
           class.done = true
-        elseif pick == nil or class.first < pick.first then
-          pick, pick_node = class, node
+        elseif pick == nil or class.first.id < pick.first.id then
+          pick = class
         end
       end
     end
   end
   if pick == nil then break end
-  local id, cpus, memory, best = pick.first, pick.cpus, pick.memory, pick_node
+  local id, j, cpus, memory, best = pick.first.id, pick.first.j, pick.cpus, pick.memory, pick.node
   pick.first = nil
   local popped = redis.call('ZPOPMIN', free_cpus_key(best.name), cpus)
   local ids = {}
   for i = 1, #popped, 2 do table.insert(ids, popped[i]) end
   redis.call('HINCRBY', node_key(best.name), 'allocated_cpus', cpus)
-  redis.call('HINCRBY', node_key(best.name), 'allocated_memory', memory)
+  if memory ~= 0 then redis.call('HINCRBY', node_key(best.name), 'allocated_memory', memory) end
   redis.call('SADD', running_key(best.name), id)
-  move_state(id, 'PENDING', 'RUNNING')
-  redis.call('HSET', job_key(id), 'node', best.name, 'cpu_ids', table.concat(ids, ','),
-    'started_at', started, 'worker', '')
+  -- Its class entry goes here (as pending_remove does), and the class with it once empty.
+  if redis.call('ZREM', pick.key, id) == 1 and redis.call('EXISTS', pick.key) == 0 then
+    redis.call('SREM', PENDING_CLASSES, pick.name)
+    pick.done = true
+  end
+  j.class_removed = true
+  started = started or now()
+  move_state(id, 'PENDING', 'RUNNING', j, {'node', best.name, 'cpu_ids', table.concat(ids, ','),
+    'started_at', started, 'worker', ''})
   best.slots, best.cpus, best.memory = best.slots - 1, best.cpus - cpus, best.memory - memory
-  if best.slots == 0 then redis.call('SREM', OPEN_NODES, best.name) end
-  open_slots = open_slots - 1
+  file(best.name, best)
+  -- The node's room shrank: a class whose best node it was, or which it may now fit more
+  -- tightly, asks again.
+  for _, class in ipairs(classes) do
+    if class.node == best or (class.node ~= nil and best.slots > 0 and best.cpus >= class.cpus
+        and best.cpus <= class.node.cpus) then
+      class.node = nil
+    end
+  end
   table.insert(placed, id)
   table.insert(placed, best.name)
 end

@@ -16,6 +16,18 @@ local function process_groups_key(name) return NODE_PREFIX .. name .. NODE_PROCE
 local function worker_key(name) return WORKER_PREFIX .. name end
 local function node_drain_key(name) return NODE_PREFIX .. name .. NODE_DRAIN_SUFFIX end
 
+-- The fields of a job that the transitions below need, read in one HMGET (a transition reads its
+-- job once and hands the table on, instead of each helper reading the fields it needs again).
+-- ``has_dependents`` is '1' once some job waits on this one (see register_dependents).
+local JOB_FIELDS = {'state', 'worker', 'node', 'cpu_ids', 'cpus', 'memory', 'partition', 'account', 'name',
+  'array_job_id', 'has_dependents', 'dependency_state'}
+local function read_job(id)
+  local values = redis.call('HMGET', job_key(id), unpack(JOB_FIELDS))
+  local j = {}
+  for i, field in ipairs(JOB_FIELDS) do j[field] = values[i] end
+  return j
+end
+
 -- The per-resource-class index of placeable PENDING jobs (see keys.pending_class); kept in step
 -- with state:PENDING by move_state and submit, so placement never scans the backlog.
 local function pending_class(id)
@@ -23,16 +35,17 @@ local function pending_class(id)
   return (j[1] or '0') .. ':' .. (j[2] or '0') .. ':' .. (j[3] or '')
 end
 
-local function pending_add(id)
-  local j = redis.call('HMGET', job_key(id), 'dependency_state', 'cpus', 'memory', 'partition')
-  if j[1] == 'waiting' or j[1] == 'never' then return end  -- not placeable until its dependency is met
-  local class = (j[2] or '0') .. ':' .. (j[3] or '0') .. ':' .. (j[4] or '')  -- as pending_class
+-- ``j``: the job's fields when the caller has them (read_job, or submit's own arguments).
+local function pending_add(id, j)
+  j = j or read_job(id)
+  if j.dependency_state == 'waiting' or j.dependency_state == 'never' then return end  -- not placeable until its dependency is met
+  local class = (j.cpus or '0') .. ':' .. (j.memory or '0') .. ':' .. (j.partition or '')  -- as pending_class
   redis.call('ZADD', PENDING_CLASS_PREFIX .. class, id, id)
   redis.call('SADD', PENDING_CLASSES, class)
 end
 
-local function pending_remove(id)
-  local class = pending_class(id)
+local function pending_remove(id, j)
+  local class = (j.cpus or '0') .. ':' .. (j.memory or '0') .. ':' .. (j.partition or '')  -- as pending_class
   local key = PENDING_CLASS_PREFIX .. class
   if redis.call('ZREM', key, id) == 1 and redis.call('EXISTS', key) == 0 then
     redis.call('SREM', PENDING_CLASSES, class)
@@ -179,6 +192,7 @@ local function register_dependents(id, dependency, active)
     if condition == 'singleton' then
       for _, other in ipairs(redis.call('ZRANGEBYSCORE', active, '-inf', '(' .. id)) do
         redis.call('SADD', dependents_key(other), id)
+        redis.call('HSET', job_key(other), 'has_dependents', 1)
       end
     else
       local kind = string.match(condition, '^(%a+)')
@@ -188,6 +202,8 @@ local function register_dependents(id, dependency, active)
         local state = redis.call('HGET', job_key(array_id), 'state')
         if state == 'PENDING' or state == 'RUNNING' or redis.call('EXISTS', array_key(array_id)) == 1 then
           redis.call('SADD', dependents_key(array_id), id)
+          -- A job's own transitions look for dependents only when flagged (an array's tasks always do).
+          if state == 'PENDING' or state == 'RUNNING' then redis.call('HSET', job_key(array_id), 'has_dependents', 1) end
         end
       end
     end
@@ -270,16 +286,20 @@ function cancel_array_rest(array_id)
   notify_dependents(array_id, array_done(key))
 end
 
-local function move_state(id, from, to)
+-- ``j``: the job's fields read before (read_job), or nil; ``fields``: more fields to write with
+-- the new state (field, value, ...), in the same HSET.
+local function move_state(id, from, to, j, fields)
+  j = j or read_job(id)
   redis.call('ZREM', state_key(from), id)
   redis.call('ZADD', state_key(to), id, id)
-  redis.call('HSET', job_key(id), 'state', to)
-  if from == 'PENDING' then pending_remove(id) end
+  local write = {'state', to}
+  for _, v in ipairs(fields or {}) do table.insert(write, v) end
+  redis.call('HSET', job_key(id), unpack(write))
+  if from == 'PENDING' and not j.class_removed then pending_remove(id, j) end
   if to == 'PENDING' then pending_add(id) end
   local final = to ~= 'PENDING' and to ~= 'RUNNING'
-  local j = redis.call('HMGET', job_key(id), 'account', 'name', 'array_job_id')
-  if final and j[1] and j[2] then redis.call('ZREM', active_name_key(j[1], j[2]), id) end
-  local array_id = j[3]
+  if final and j.account and j.name then redis.call('ZREM', active_name_key(j.account, j.name), id) end
+  local array_id = j.array_job_id
   if array_id == '' then array_id = nil end
   if array_id then
     local key = array_key(array_id)
@@ -298,7 +318,7 @@ local function move_state(id, from, to)
   if from == 'PENDING' or final then
     if array_id then
       notify_dependents(array_id, final and array_done(array_key(array_id)))
-    else
+    elseif j.has_dependents == '1' then
       notify_dependents(id, final)
     end
   end
@@ -306,29 +326,37 @@ local function move_state(id, from, to)
 end
 
 -- Give a RUNNING job's CPUs and memory back to its node; the only place resources are released.
-local function release(id)
-  local j = redis.call('HMGET', job_key(id), 'node', 'cpu_ids', 'cpus', 'memory')
-  local node = j[1]
+-- ``j``: the job's fields read before (read_job), or nil.
+local function release(id, j)
+  j = j or read_job(id)
+  local node = j.node
   if redis.call('SREM', running_key(node), id) == 0 then return end
-  redis.call('SADD', OPEN_NODES, node)  -- a slot is free again
   local total = tonumber(redis.call('HGET', node_key(node), 'total_cpus') or 0)
-  for cpu in string.gmatch(j[2] or '', '%d+') do
-    if tonumber(cpu) < total then redis.call('ZADD', free_cpus_key(node), cpu, cpu) end
+  local free = {}
+  for cpu in string.gmatch(j.cpu_ids or '', '%d+') do
+    if tonumber(cpu) < total then table.insert(free, cpu); table.insert(free, cpu) end
   end
-  redis.call('HINCRBY', node_key(node), 'allocated_cpus', 0 - tonumber(j[3]))
-  redis.call('HINCRBY', node_key(node), 'allocated_memory', 0 - tonumber(j[4]))
+  if #free > 0 then redis.call('ZADD', free_cpus_key(node), unpack(free)) end
+  local allocated = redis.call('HINCRBY', node_key(node), 'allocated_cpus', 0 - tonumber(j.cpus or 0))
+  if tonumber(j.memory or 0) ~= 0 then
+    redis.call('HINCRBY', node_key(node), 'allocated_memory', 0 - tonumber(j.memory))
+  end
+  -- A slot is free again: the node goes back into placement's index, scored by its free CPUs
+  -- (placement checks the node before it uses it, so a stale score costs a look, never a wrong start).
+  redis.call('ZADD', OPEN_NODES_BY_FREE_CPUS, math.max(total - allocated, 0), node)
 end
 
 -- Put a PENDING or RUNNING job into its final state exactly once; returns 1 if this call did it.
-function settle(id, final, exit_code, reason)
-  local j = redis.call('HMGET', job_key(id), 'state', 'worker')
-  local current, worker = j[1], j[2]
+-- ``j``: the job's fields read before (read_job), or nil; ``idle``: a worker the caller has already
+-- set idle.
+function settle(id, final, exit_code, reason, j, idle)
+  j = j or read_job(id)
+  local current, worker = j.state, j.worker
   if current ~= 'PENDING' and current ~= 'RUNNING' then return 0 end
-  if current == 'RUNNING' then release(id) end
-  move_state(id, current, final)
-  redis.call('HSET', job_key(id), 'exit_code', exit_code, 'reason', reason, 'ended_at', now())
+  if current == 'RUNNING' then release(id, j) end
+  move_state(id, current, final, j, {'exit_code', exit_code, 'reason', reason, 'ended_at', now()})
   redis.call('DEL', control_key(id))
-  if worker and worker ~= '' and redis.call('HGET', worker_key(worker), 'job') == tostring(id) then
+  if worker and worker ~= '' and worker ~= idle and redis.call('HGET', worker_key(worker), 'job') == tostring(id) then
     redis.call('HSET', worker_key(worker), 'state', 'idle', 'job', '')
   end
   return 1

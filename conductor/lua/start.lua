@@ -9,12 +9,14 @@ if j[2] ~= node then return {'skip', 'job is placed on node ' .. j[2]} end
 if j[3] ~= '' then return {'skip', 'job is already run by ' .. j[3]} end
 redis.call('HSET', job_key(id), 'worker', worker)
 if redis.call('EXISTS', worker_key(worker)) == 1 then
+  -- A live record is a registered worker (registration writes it and its indexes in one step).
   redis.call('HSET', worker_key(worker), 'state', 'busy', 'job', id)
+else
+  -- A worker whose record expired (and may have been reaped) claims in its own name: it is listed
+  -- again, so that if it dies before it re-registers, the reaper still finds it and the job.
+  redis.call('SADD', WORKERS, worker)
+  if redis.call('SADD', node_workers_key(node), worker) == 1 then redis.call('SADD', OPEN_NODES, node) end
 end
--- A worker whose record expired (and may have been reaped) claims in its own name: it is listed
--- again, so that if it dies before it re-registers, the reaper still finds it and the job.
-redis.call('SADD', WORKERS, worker)
-if redis.call('SADD', node_workers_key(node), worker) == 1 then redis.call('SADD', OPEN_NODES, node) end
 local fields = redis.call('HGETALL', job_key(id))
 table.insert(fields, 1, 'run')
 return fields

@@ -15,7 +15,9 @@ end
 redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), unpack(fields))
 redis.call('ZADD', JOBS, id, id)
 redis.call('ZADD', state_key('PENDING'), id, id)
-local j = redis.call('HMGET', job_key(id), 'account', 'name', 'dependency', 'array')
+local f = {}  -- the job's fields, from the arguments: nothing is read back
+for i = 1, #ARGV - 1, 2 do f[ARGV[i]] = ARGV[i + 1] end
+local j = {f.account, f.name, f.dependency, f.array}
 local active = active_name_key(j[1] or '', j[2] or '')
 redis.call('ZADD', active, id, id)
 if j[4] and j[4] ~= '' then
@@ -37,6 +39,8 @@ if j[3] and j[3] ~= '' then
   register_dependents(id, j[3], active)
   redis.call('HSET', job_key(id), 'dependency_state', 'waiting', 'reason', 'Dependency')
   update_dependency(id)
+  pending_add(id)  -- placeable only once its dependency is met: read what update_dependency decided
+else
+  pending_add(id, f)
 end
-pending_add(id)
 return id
