@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
-from conductor import jobs, keys, placement, registry, resources, scripts
+from conductor import jobs, keys, nodestate, placement, registry, resources, scripts
 from conductor.config import Settings
 from conductor.jobs import JobRejected, JobState, JobSubmission
 from conductor.store import connect
@@ -382,6 +382,45 @@ def test_best_fit_counts_cpus_freed_by_earlier_placements_in_the_same_pass(ledge
     placed = ledger.place()
     # 3 -> b (6 free: smallest hole) leaves b 3; 3 -> b (3 free) leaves b 0; then a, a.
     assert placed == {ids[0]: "node-b", ids[1]: "node-b", ids[2]: "node-a", ids[3]: "node-a"}
+    ledger.assert_consistent()
+
+
+def test_a_jobs_end_files_its_node_in_the_open_node_index_with_its_new_free_cpus(ledger):
+    ledger.node("node-a", cpus=8, workers=2)
+    job = ledger.submit(cpus=3)
+    assert ledger.place() == {job: "node-a"}
+    assert ledger.c.zscore(keys.OPEN_NODES_BY_FREE_CPUS, "node-a") == 5  # one slot left, 5 CPUs
+    other = ledger.submit(cpus=1)
+    assert ledger.place() == {other: "node-a"}
+    assert ledger.c.zscore(keys.OPEN_NODES_BY_FREE_CPUS, "node-a") is None  # no slot left: not listed
+    ledger.claim(job, "node-a-1")
+    assert ledger.finish(job, worker="node-a-1") == 1
+    assert ledger.c.zscore(keys.OPEN_NODES_BY_FREE_CPUS, "node-a") == 7
+    ledger.assert_consistent()
+
+
+def test_a_node_drained_while_in_the_open_node_index_is_skipped_and_resumed_again(ledger):
+    ledger.node("node-a", cpus=4, workers=2)
+    ledger.node("node-b", cpus=8, workers=2)
+    placement.place(ledger.c, ledger.rq, full=True)  # both listed
+    nodestate.drain(ledger.c, "node-a", "maintenance", "test")
+    first = ledger.submit(cpus=1)
+    assert ledger.place() == {first: "node-b"}  # node-a (the best fit) is drained
+    assert ledger.c.zscore(keys.OPEN_NODES_BY_FREE_CPUS, "node-a") is None
+    nodestate.resume(ledger.c, "node-a")
+    second = ledger.submit(cpus=1)
+    assert ledger.place() == {second: "node-a"}
+    ledger.assert_consistent()
+
+
+def test_a_stale_score_in_the_open_node_index_is_corrected_before_the_node_is_used(ledger):
+    ledger.node("node-a", cpus=2, workers=1)
+    ledger.node("node-b", cpus=8, workers=1)
+    placement.place(ledger.c, ledger.rq, full=True)
+    ledger.c.zadd(keys.OPEN_NODES_BY_FREE_CPUS, {"node-a": 6})  # says it has room for 6 CPUs: it has 2
+    job = ledger.submit(cpus=4)
+    assert ledger.place() == {job: "node-b"}
+    assert ledger.c.zscore(keys.OPEN_NODES_BY_FREE_CPUS, "node-a") == 2
     ledger.assert_consistent()
 
 
