@@ -24,8 +24,9 @@ from .rqjobs import SERIALIZER, perform
 def place(connection: Redis, rq_connection: Redis, full: bool = False) -> list[tuple[int, str]]:
     """Allocate what fits now and queue it on the chosen nodes; returns (job id, node) pairs.
 
-    A pass looks only at the nodes that may have a free slot (:data:`keys.OPEN_NODES`); ``full``
-    looks at every node and rebuilds that set (the heartbeat's safety pass).
+    A pass finds nodes through the index of nodes with a free slot, scored by free CPUs
+    (:data:`keys.OPEN_NODES_BY_FREE_CPUS`), and checks each node it uses; ``full`` looks at every
+    node and rebuilds that index (the heartbeat's safety pass).
     """
     if full:  # the heartbeat's pass: jobs whose after:ID+time delay has run out become placeable
         scripts.run(connection, "release_timers")

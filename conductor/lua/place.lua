@@ -139,15 +139,18 @@ while true do
   redis.call('HINCRBY', node_key(best.name), 'allocated_cpus', cpus)
   if memory ~= 0 then redis.call('HINCRBY', node_key(best.name), 'allocated_memory', memory) end
   redis.call('SADD', running_key(best.name), id)
-  -- Its class entry goes here (as pending_remove does), and the class with it once empty.
-  if redis.call('ZREM', pick.key, id) == 1 and redis.call('EXISTS', pick.key) == 0 then
-    redis.call('SREM', PENDING_CLASSES, pick.name)
-    pick.done = true
-  end
+  -- Its class entry goes here (as pending_remove does), and the class with it once empty: after
+  -- the move, which may have made another job of the class placeable (an array's next task, a
+  -- dependent).
+  local removed = redis.call('ZREM', pick.key, id) == 1
   j.class_removed = true
   started = started or now()
   move_state(id, 'PENDING', 'RUNNING', j, {'node', best.name, 'cpu_ids', table.concat(ids, ','),
     'started_at', started, 'worker', ''})
+  if removed and redis.call('EXISTS', pick.key) == 0 then
+    redis.call('SREM', PENDING_CLASSES, pick.name)
+    pick.done = true
+  end
   best.slots, best.cpus, best.memory = best.slots - 1, best.cpus - cpus, best.memory - memory
   file(best.name, best)
   -- The node's room shrank: a class whose best node it was, or which it may now fit more
