@@ -15,10 +15,13 @@ from collections import defaultdict
 from loguru import logger
 from redis import Redis
 from rq import Queue
+from rq.job import JobStatus
+from rq.utils import now
 
 from . import keys, scripts
 from .rqjobs import SERIALIZER, perform
 
+LIST_QUEUE_EVERY = 5.0  # seconds between a connection's additions of a queue to RQ's list of queues
 
 
 def place(connection: Redis, rq_connection: Redis, full: bool = False) -> list[tuple[int, str]]:
@@ -38,7 +41,13 @@ def place(connection: Redis, rq_connection: Redis, full: bool = False) -> list[t
 
 
 def enqueue(rq_connection: Redis, placed: list[tuple[int, str]]) -> None:
-    """Put placed jobs on their nodes' RQ queues, one pipeline for all.
+    """Put placed jobs on their nodes' RQ queues, one pipeline for all: per job one HSET of RQ's
+    job record and its queue entry.
+
+    RQ's own enqueue also writes the job's status before the record that holds it, and adds the
+    queue to RQ's list of queues (what ``rq info`` reads) on every call: here the record is written
+    once, status included, and a connection lists the queue again at most every LIST_QUEUE_EVERY
+    seconds (a Redis restored from an older copy has it back within that time).
 
     No MULTI/EXEC around it: a job hash queued without its queue entry (or the reverse, should the
     connection drop in between) is what :func:`requeue_stalled` repairs anyway.
@@ -46,25 +55,33 @@ def enqueue(rq_connection: Redis, placed: list[tuple[int, str]]) -> None:
     by_node: dict[str, list[int]] = defaultdict(list)
     for job_id, node in placed:
         by_node[node].append(job_id)
+    listed: dict[str, float] = rq_connection.__dict__.setdefault("_conductor_listed_queues", {})
+    queue_keys = []
     with rq_connection.pipeline(transaction=False) as pipe:
         for node, job_ids in by_node.items():
             queue = Queue(keys.queue_name(node), connection=rq_connection, serializer=SERIALIZER)
-            queue.enqueue_many(
-                [
-                    Queue.prepare_data(
-                        perform,
-                        args=(job_id,),
-                        job_id=f"conductor-{job_id}",
-                        timeout=-1,  # conductor enforces time limits itself, per job
-                        result_ttl=0,
-                        failure_ttl=7 * 86400,
-                        description=f"conductor job {job_id}",
-                    )
-                    for job_id in job_ids
-                ],
-                pipeline=pipe,
-            )
+            if time.monotonic() - listed.get(queue.key, float("-inf")) >= LIST_QUEUE_EVERY:
+                pipe.sadd(queue.redis_queues_keys, queue.key)
+                queue_keys.append(queue.key)
+            version = queue.get_redis_server_version()
+            for job_id in job_ids:
+                job = queue.create_job(
+                    perform,
+                    args=(job_id,),
+                    job_id=f"conductor-{job_id}",
+                    timeout=-1,  # conductor enforces time limits itself, per job
+                    result_ttl=0,
+                    failure_ttl=7 * 86400,
+                    description=f"conductor job {job_id}",
+                    status=JobStatus.QUEUED,
+                )
+                job.origin = queue.name
+                job.enqueued_at = now()
+                job.redis_server_version = version
+                job.save(pipeline=pipe)
+                queue.push_job_id(job.id, pipeline=pipe)
         pipe.execute()
+    listed.update(dict.fromkeys(queue_keys, time.monotonic()))
 
 
 def requeue_stalled(connection: Redis, rq_connection: Redis, node: str, older_than: float) -> list[int]:

@@ -85,6 +85,7 @@ def test_rq_shows_the_workers_and_their_counts_and_keeps_no_per_job_records(make
     assert left == [], left
     info = conductor_rq_info(node.redis.url)
     assert "worker-node-a-1" in info and "worker-node-a-2" in info and "2 workers" in info
+    assert "conductor-node-a" in info  # the node's queue is listed (placement adds it to RQ's queues)
 
 
 def test_a_redis_outage_right_after_a_job_does_not_end_the_worker_loop(tmp_path):
