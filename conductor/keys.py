@@ -14,15 +14,15 @@ JOBS = PREFIX + "jobs"  # sorted set of every job id, score = id
 NODES = PREFIX + "nodes"  # set of node names that ever registered
 WORKERS = PREFIX + "workers"  # index of registered worker names: production code never calls KEYS
 MAINTENANCE = PREFIX + "maintenance"  # short lease: one worker per heartbeat interval reaps and places
-# Set of the nodes to look at again: whatever may add a worker slot adds the node (a worker
-# registering or claiming in its own name, a node declared or resumed); the next placement reads
-# them, files them in OPEN_NODES_BY_FREE_CPUS and empties the set.
+# Set of nodes an older release listed for placement to look at (before OPEN_NODES_BY_FREE_CPUS);
+# written no more, emptied by the heartbeat's safety pass, which looks at every node.
 OPEN_NODES = PREFIX + "open-nodes"
 # Sorted set: the nodes that may take a job now (a free worker slot, not drained), scored by their
 # free CPUs. A placement asks it for the node with the fewest free CPUs that fits (one range query)
-# and checks that node before using it, so its cost does not grow with the cluster. A job's end
-# (its resources released) files its node again with the new score; the heartbeat's safety pass
-# looks at every node and rebuilds it.
+# and checks that node before using it, so its cost does not grow with the cluster. Whatever adds
+# room files the node (a job's end, a node declared or resumed, a worker registering); a placement
+# drops the nodes it finds full or drained; the heartbeat's safety pass looks at every node and
+# rebuilds it.
 OPEN_NODES_BY_FREE_CPUS = PREFIX + "open-nodes-by-free-cpus"
 # Hash: the most CPUs and memory any node offers (``cpus``, ``memory``), rewritten whenever a node
 # declares its totals, so a submission is checked in one read whatever the number of nodes.

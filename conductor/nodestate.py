@@ -59,8 +59,10 @@ def drain(connection: Redis, name: str, reason: str, by: str) -> dict[str, str]:
 def resume(connection: Redis, name: str) -> bool:
     """Return ``name`` to service; False when it was not drained."""
     _known(connection, name)
+    total, allocated = connection.hmget(keys.node(name), "total_cpus", "allocated_cpus")
     with connection.pipeline() as pipe:
         pipe.delete(keys.node_drain(name))
-        pipe.sadd(keys.OPEN_NODES, name)  # placement looks at it again
+        # Filed for placement again with its free CPUs (placement checks the node before using it).
+        pipe.zadd(keys.OPEN_NODES_BY_FREE_CPUS, {name: max(int(total or 0) - int(allocated or 0), 0)})
         resumed, _ = pipe.execute()
     return bool(resumed)

@@ -58,7 +58,9 @@ def register(connection: Redis, settings: Settings, index: int, job: int | None 
         pipe.sadd(keys.WORKERS, name)
         pipe.sadd(keys.node_workers(settings.node_name), name)
         pipe.sadd(keys.NODES, settings.node_name)
-        pipe.sadd(keys.OPEN_NODES, settings.node_name)  # a slot more for placement to look at
+        # A slot more: the node is filed for placement unless it is already (node_up, run before
+        # this at a worker's start, files it with its true free CPUs; placement checks it anyway).
+        pipe.zadd(keys.OPEN_NODES_BY_FREE_CPUS, {settings.node_name: settings.total_cpus}, nx=True)
         pipe.hset(keys.node_worker_processes(settings.node_name), name,
                   f"{HOST} {procs.BOOT} {record['pid']} {record['pid_start']}")
         pipe.execute()

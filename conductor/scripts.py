@@ -38,9 +38,53 @@ def prelude() -> str:
     return "\n".join([constants, (files("conductor") / "lua" / "prelude.lua").read_text()])
 
 
+DEFINITION = re.compile(r"^(?:local\s+function\s+(\w+)|function\s+(\w+)|local\s+(\w+(?:\s*,\s*\w+)*)\b)")
+IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+COMMENT = re.compile(r"--[^\n]*")
+
+
+def _definitions(text: str) -> list[tuple[set[str], str]]:
+    """``text`` cut at each top-level definition: (the names it defines, its text), in order."""
+    chunks: list[tuple[set[str], list[str]]] = [(set(), [])]
+    for line in text.split("\n"):
+        found = DEFINITION.match(line)
+        if found:
+            names = found.group(1) or found.group(2) or found.group(3)
+            chunks.append(({n.strip() for n in names.split(",")}, []))
+        chunks[-1][1].append(line)
+    return [(names, "\n".join(lines)) for names, lines in chunks]
+
+
+def _used(text: str) -> set[str]:
+    return set(IDENTIFIER.findall(COMMENT.sub("", text)))
+
+
+def trimmed_prelude(body: str) -> str:
+    """The prelude with only the definitions ``body`` uses, directly or through each other.
+
+    Redis runs a script's whole text on every call, so every function the prelude defines is
+    created again each time (tens of microseconds of Redis CPU for all of them): a script carries
+    only what it calls. The key-name constants are all kept (they cost next to nothing).
+    """
+    constants, _, rest = prelude().partition((files("conductor") / "lua" / "prelude.lua").read_text())
+    chunks = _definitions((files("conductor") / "lua" / "prelude.lua").read_text())
+    wanted = _used(body)
+    chosen: set[int] = set()
+    grew = True
+    while grew:
+        grew = False
+        for number, (names, text) in enumerate(chunks):
+            if number not in chosen and (number == 0 or names & wanted):
+                chosen.add(number)
+                wanted |= _used(text)
+                grew = True
+    return "\n".join([constants.rstrip("\n"), *(text for number, (_, text) in enumerate(chunks) if number in chosen)])
+
+
 @cache
 def _source(name: str) -> str:
-    return "\n".join([prelude(), (files("conductor") / "lua" / f"{name}.lua").read_text()])
+    body = (files("conductor") / "lua" / f"{name}.lua").read_text()
+    return "\n".join([trimmed_prelude(body), body])
 
 
 def script(connection: Redis, name: str) -> Script:

@@ -17,7 +17,8 @@ end
 redis.call('HSET', node_key(name), 'name', name, 'total_cpus', total_cpus, 'total_memory', total_memory,
   'allocated_cpus', cpus, 'allocated_memory', memory, 'partitions', ARGV[4] or '')
 redis.call('SADD', NODES, name)
-redis.call('SADD', OPEN_NODES, name)
+-- Filed for placement with its free CPUs (placement checks its slots and drain before using it).
+redis.call('ZADD', OPEN_NODES_BY_FREE_CPUS, math.max(total_cpus - cpus, 0), name)
 -- The largest node, for checking submissions in one read (totals change only here).
 local most_cpus, most_memory = 0, 0
 for _, node in ipairs(redis.call('SMEMBERS', NODES)) do

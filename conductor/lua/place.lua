@@ -8,8 +8,9 @@
 -- the best fit is the first entry at or above the job's CPUs whose memory and partition fit, and
 -- each node used is checked first (slots, drain, free CPUs), so the index is a hint that a pass
 -- corrects, and a placement looks at about one node however large the cluster.
--- ARGV[1] 'full' (the heartbeat's safety pass) looks at every node and rebuilds the index; any
--- other pass first files the nodes listed in OPEN_NODES (a worker slot added) and empties it.
+-- ARGV[1] 'full' (the heartbeat's safety pass) looks at every node and rebuilds the index.
+-- Whatever adds room files the node itself: a job's end (release), a node declared (node_up), a
+-- worker registering or claiming in its own name, a node resumed.
 local full = ARGV[1] == 'full'
 local class_names = redis.call('SMEMBERS', PENDING_CLASSES)
 -- Nothing placeable: no look at the nodes (a job's end with an empty backlog costs one call).
@@ -43,16 +44,11 @@ local function file(name, info)
 end
 
 if full then
+  -- OPEN_NODES: where an older release listed nodes to look at (a rolling upgrade); every node is looked at here.
   redis.call('DEL', OPEN_NODES_BY_FREE_CPUS, OPEN_NODES)
   for _, name in ipairs(redis.call('SMEMBERS', NODES)) do
     local info = look(name)
     if info then file(name, info) end
-  end
-else
-  local listed = redis.call('SMEMBERS', OPEN_NODES)
-  if #listed > 0 then
-    for _, name in ipairs(listed) do file(name, look(name)) end
-    redis.call('SREM', OPEN_NODES, unpack(listed))
   end
 end
 
@@ -63,12 +59,12 @@ end
 
 -- The node with the fewest free CPUs that fits (ties: the first name), or nil. An entry whose
 -- node turns out different from its score is corrected and the question asked again.
-local BATCH = 16
+local batch = 16
 local function best_node(cpus, memory, partition)
   while true do
     local offset, again = 0, false
     while not again do
-      local found = redis.call('ZRANGEBYSCORE', OPEN_NODES_BY_FREE_CPUS, cpus, '+inf', 'WITHSCORES', 'LIMIT', offset, BATCH)
+      local found = redis.call('ZRANGEBYSCORE', OPEN_NODES_BY_FREE_CPUS, cpus, '+inf', 'WITHSCORES', 'LIMIT', offset, batch)
       for i = 1, #found, 2 do
         local name, score = found[i], tonumber(found[i + 1])
         local c = look(name)
@@ -79,8 +75,8 @@ local function best_node(cpus, memory, partition)
         end
         if c.memory >= memory and serves(c, partition) then return c end
       end
-      if not again and #found < 2 * BATCH then return nil end
-      offset = offset + BATCH
+      if not again and #found < 2 * batch then return nil end
+      offset = offset + batch
     end
   end
 end

@@ -19,12 +19,12 @@ local function node_drain_key(name) return NODE_PREFIX .. name .. NODE_DRAIN_SUF
 -- The fields of a job that the transitions below need, read in one HMGET (a transition reads its
 -- job once and hands the table on, instead of each helper reading the fields it needs again).
 -- ``has_dependents`` is '1' once some job waits on this one (see register_dependents).
-local JOB_FIELDS = {'state', 'worker', 'node', 'cpu_ids', 'cpus', 'memory', 'partition', 'account', 'name',
+local job_fields = {'state', 'worker', 'node', 'cpu_ids', 'cpus', 'memory', 'partition', 'account', 'name',
   'array_job_id', 'has_dependents', 'dependency_state'}
 local function read_job(id)
-  local values = redis.call('HMGET', job_key(id), unpack(JOB_FIELDS))
+  local values = redis.call('HMGET', job_key(id), unpack(job_fields))
   local j = {}
-  for i, field in ipairs(JOB_FIELDS) do j[field] = values[i] end
+  for i, field in ipairs(job_fields) do j[field] = values[i] end
   return j
 end
 

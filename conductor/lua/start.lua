@@ -15,7 +15,10 @@ else
   -- A worker whose record expired (and may have been reaped) claims in its own name: it is listed
   -- again, so that if it dies before it re-registers, the reaper still finds it and the job.
   redis.call('SADD', WORKERS, worker)
-  if redis.call('SADD', node_workers_key(node), worker) == 1 then redis.call('SADD', OPEN_NODES, node) end
+  if redis.call('SADD', node_workers_key(node), worker) == 1 then  -- a slot more: filed for placement
+    local n = redis.call('HMGET', node_key(node), 'total_cpus', 'allocated_cpus')
+    redis.call('ZADD', OPEN_NODES_BY_FREE_CPUS, math.max(tonumber(n[1] or 0) - tonumber(n[2] or 0), 0), node)
+  end
 end
 local fields = redis.call('HGETALL', job_key(id))
 table.insert(fields, 1, 'run')
