@@ -7,7 +7,8 @@ heartbeat each worker re-asserts it (registration is re-asserted by the heartbea
 
 - the job it is running: restored as RUNNING on this worker if Redis lost that (never run again);
 - the outcomes of its recent jobs, kept in memory until a later job pushes them out: recorded
-  again when Redis lost them;
+  again when Redis lost them. Each is read back until Redis is seen holding it, then not again
+  while Redis stays the same server (its ``run_id``): only a failover or a restart loses writes;
 - RUNNING jobs that Redis attributes to this worker but that it is not running (seen on two
   consecutive beats, so a claim or an end in progress is never mistaken for one): they end
   NODE_FAIL, or go back to PENDING once if submitted with requeue;
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 from redis import Redis
 
-from . import invariants, keys, resources, scripts, store
+from . import failover, invariants, keys, resources, scripts, store
 from .config import Settings
 from .jobs import JobState
 
@@ -40,6 +41,8 @@ class Memory:
     current: dict[str, str] | None = None
     outcomes: OrderedDict[str, tuple[dict[str, str], str, str, str, str]] = field(default_factory=OrderedDict)
     suspects: set[str] = field(default_factory=set)
+    # job id -> the Redis (run_id) seen holding that outcome: not read again while it is the same
+    verified: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def started(self, job: dict[str, str]) -> None:
@@ -54,8 +57,10 @@ class Memory:
             self.outcomes[str(job_id)] = (job, state.value, "" if exit_code is None else str(exit_code),
                                           reason, f"{time.time():.6f}")
             self.outcomes.move_to_end(str(job_id))
+            self.verified.pop(str(job_id), None)  # this end (a requeued job's too) is read back anew
             while len(self.outcomes) > KEEP_OUTCOMES:
-                self.outcomes.popitem(last=False)
+                gone, _ = self.outcomes.popitem(last=False)
+                self.verified.pop(gone, None)
             if self.current and self.current["id"] == str(job_id):
                 self.current = None
 
@@ -91,9 +96,11 @@ def _flat(job: dict[str, str]) -> list[str]:
 def reassert(connection: Redis, settings: Settings, worker: str, memory: Memory = MEMORY) -> list[str]:
     """One reconciliation pass of this worker; returns the kinds of the repairs it made."""
     node = settings.node_name
+    epoch = failover.EPOCH.run_id  # observed by the heartbeat right before
     with memory.lock:
         current = dict(memory.current) if memory.current else None
-        outcomes = list(memory.outcomes.items())
+        outcomes = [(job_id, outcome) for job_id, outcome in memory.outcomes.items()
+                    if epoch is None or memory.verified.get(job_id) != epoch]
     repairs: list[str] = []
 
     if current is not None and connection.hmget(keys.job(current["id"]), "state", "worker") != ["RUNNING", worker]:
@@ -112,8 +119,10 @@ def reassert(connection: Redis, settings: Settings, worker: str, memory: Memory 
             for job_id, _ in outcomes:
                 pipe.hget(keys.job(job_id), "state")
             expired_through, *states = pipe.execute()
+        held = []
         for (job_id, (job, state, code, reason, ended)), stored in zip(outcomes, states):
             if stored is not None and JobState(stored).final:
+                held.append(job_id)
                 continue
             if stored is None and int(job_id) <= (expired_through or 0):
                 continue  # removed by retention (older than newer ended jobs it keeps), not lost
@@ -124,6 +133,9 @@ def reassert(connection: Redis, settings: Settings, worker: str, memory: Memory 
                 repairs.append("outcome_recorded")
             elif result == -1:
                 logger.error("reconcile: job {} ended here ({}) but Redis says another worker runs it", job_id, state)
+        if epoch is not None:
+            with memory.lock:
+                memory.verified.update((job_id, epoch) for job_id in held if job_id in memory.outcomes)
 
     running = sorted(connection.smembers(keys.node_running(node)), key=int)
     with connection.pipeline(transaction=False) as pipe:

@@ -195,7 +195,7 @@ def test_restart_from_an_older_snapshot_is_reconciled_from_what_workers_know(tmp
     def gated(name: str) -> str:
         return recording_script(runs, f"while [ ! -e {gates / name} ]; do sleep 0.05; done")
 
-    node = Node(tmp_path, redis, WORKER_CONCURRENCY=4)
+    node = Node(tmp_path, redis, WORKER_CONCURRENCY=4, HEARTBEAT_INTERVAL=1)
     with running(redis), running(node):
         workers = node.start_workers(4)
         pids = {w.index: w.pid for w in workers}
@@ -216,6 +216,11 @@ def test_restart_from_an_older_snapshot_is_reconciled_from_what_workers_know(tmp
         unknown_done = node.submit(recording_script(runs, "exit 3"))  # after the snapshot, FAILED before it
         node.wait_state(unknown_done, "FAILED")
         wait_until(lambda: node.job(unknown_running)["worker"], what="the late job to be claimed")
+        # Every worker has read back the ends it recorded (a whole beat began and ended since):
+        # what it saw Redis hold it reads again only because Redis changed.
+        ended = time.time()
+        wait_until(lambda: all(float(client.hget(f"worker:{node.name}-{w.index}", "last_heartbeat") or 0) > ended + 2.5
+                               for w in workers), what="two heartbeats of every worker after the last end")
 
         assert redis.process is not None
         redis.process.kill()
