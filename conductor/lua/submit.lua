@@ -16,7 +16,7 @@ redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', no
 redis.call('ZADD', JOBS, id, id)
 redis.call('ZADD', state_key('PENDING'), id, id)
 local f = {}  -- the job's fields, from the arguments: nothing is read back
-for i = 1, #ARGV - 1, 2 do f[ARGV[i]] = ARGV[i + 1] end
+for i = 1, #fields - 1, 2 do f[fields[i]] = fields[i + 1] end
 local j = {f.account, f.name, f.dependency, f.array}
 local active = active_name_key(j[1] or '', j[2] or '')
 redis.call('ZADD', active, id, id)
