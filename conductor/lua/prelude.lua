@@ -18,7 +18,7 @@ local function node_drain_key(name) return NODE_PREFIX .. name .. NODE_DRAIN_SUF
 
 -- The fields of a job that the transitions below need, read in one HMGET (a transition reads its
 -- job once and hands the table on, instead of each helper reading the fields it needs again).
--- ``has_dependents`` is '1' once some job waits on this one (see register_dependents).
+-- ``has_dependents`` is '0' from submit until some job waits on this one (see register_dependents).
 local job_fields = {'state', 'worker', 'node', 'cpu_ids', 'cpus', 'memory', 'partition', 'account', 'name',
   'array_job_id', 'has_dependents', 'dependency_state'}
 local function read_job(id)
@@ -250,7 +250,8 @@ local function array_fill(array_id)
     if not index then return end
     local id = redis.call('INCR', NEXT_JOB_ID)
     redis.call('HSET', job_key(id), unpack(redis.call('HGETALL', key .. ARRAY_TEMPLATE_SUFFIX)))
-    redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), 'array_task_id', index)
+    redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), 'array_task_id', index,
+      'has_dependents', 0)
     redis.call('ZADD', JOBS, id, id)
     redis.call('ZADD', state_key('PENDING'), id, id)
     redis.call('ZADD', key .. ARRAY_TASKS_SUFFIX, id, id)
@@ -318,7 +319,7 @@ local function move_state(id, from, to, j, fields)
   if from == 'PENDING' or final then
     if array_id then
       notify_dependents(array_id, final and array_done(array_key(array_id)))
-    elseif j.has_dependents == '1' then
+    elseif j.has_dependents ~= '0' then  -- absent: stored by an older release, which kept no such mark
       notify_dependents(id, final)
     end
   end

@@ -12,7 +12,8 @@ if ARGV[1] == 'id' then
 else
   id = redis.call('INCR', NEXT_JOB_ID)
 end
-redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), unpack(fields))
+redis.call('HSET', job_key(id), 'id', id, 'state', 'PENDING', 'submitted_at', now(), 'has_dependents', 0,
+  unpack(fields))
 redis.call('ZADD', JOBS, id, id)
 redis.call('ZADD', state_key('PENDING'), id, id)
 local f = {}  -- the job's fields, from the arguments: nothing is read back

@@ -137,6 +137,18 @@ def test_a_chain_is_released_link_by_link(ledger):
     ledger.assert_consistent()
 
 
+def test_a_parent_stored_by_an_older_release_still_releases_its_dependents(ledger):
+    """Guards a rolling upgrade: a job stored before jobs carried ``has_dependents`` (an older
+    release's record, which lacks the field) still releases its dependents when it ends."""
+    ledger.node("node-a", cpus=4, workers=2)
+    parent = submit(ledger)
+    child = submit(ledger, f"afterok:{parent}")
+    ledger.c.hdel(keys.job(parent), "has_dependents")  # as an older release stored it
+    run(ledger, parent)
+    assert state(ledger, child) == ("PENDING", None)
+    assert ledger.place() == {child: "node-a"}
+
+
 def test_after_with_a_delay_waits_that_many_minutes_after_the_parent_started(ledger):
     """after:ID+10: the child is released by the maintenance pass once ten minutes have passed
     since the parent started (time passing is simulated by moving the parent's start and the
