@@ -15,16 +15,18 @@ from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import click
-from pydantic import ValidationError
+from .startup import loading
 
-from . import cgroups, jobs, render, resources
-from . import accounting, nodestate, squeue, workflow
-from . import partitions as partitions_module
-from .config import ConfigError, Settings, load_settings
-from .jobs import JobRejected, JobState, JobSubmission
-from .store import UNREACHABLE, NotReplicated, connect, redacted
-from .units import format_memory
+with loading():  # see conductor.startup: most of a command's run time is this
+    import click
+    from pydantic import ValidationError
+
+    from . import jobs, nodestate, render, resources, squeue, workflow
+    from . import partitions as partitions_module
+    from .config import ConfigError, Settings, load_settings
+    from .jobs import JobRejected, JobState, JobSubmission
+    from .store import UNREACHABLE, NotReplicated, connect, redacted
+    from .units import format_memory
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -116,8 +118,9 @@ def check(settings: Settings, cluster: bool, as_json: bool) -> None:
 @with_settings
 def worker_command(settings: Settings, index: int) -> None:
     """Run one worker instance (what supervisord and systemd start, once per index)."""
-    from . import worker
-    from .logs import setup as setup_logs
+    with loading():
+        from . import worker
+        from .logs import setup as setup_logs
 
     setup_logs(settings.log_level, settings.log_file, f"Worker-{index}")
     try:
@@ -131,8 +134,9 @@ def worker_command(settings: Settings, index: int) -> None:
 @with_settings
 def api_command(settings: Settings) -> None:
     """Serve the HTTP API on API_HOST:API_PORT."""
-    from .api import serve
-    from .logs import setup as setup_logs
+    with loading():
+        from .api import serve
+        from .logs import setup as setup_logs
 
     setup_logs(settings.log_level, settings.log_file, "API")
     serve(settings)
@@ -170,7 +174,8 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
            ntasks_per_node: int, cpus_per_task: int, mem: str, time_limit: str | None,
            requeue: bool, environment: tuple[str, ...], dependency: str | None, array: str | None) -> None:
     """Submit SCRIPT (a file, or - for stdin) as a batch job; prints the job id."""
-    from . import placement
+    with loading():
+        from . import placement
 
     body = {
         "job": {
@@ -412,7 +417,7 @@ def partitions_command(settings: Settings, as_json: bool) -> None:
 @with_settings
 def history(settings: Settings, since: str | None, state: str | None, account: str | None, as_json: bool) -> None:
     """Ended jobs, as sacct: those still in Redis and those expired into ACCOUNTING_FILE."""
-    from . import retention
+    from . import accounting, retention
 
     found: dict[int, dict[str, Any]] = {}
     try:
@@ -474,6 +479,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 @with_settings
 def prepare_cgroups(settings: Settings) -> None:
     """As root: give each worker of this node a cgroup subtree owned by SERVICE_USER (job containment)."""
+    from . import cgroups
+
     if os.geteuid() != 0:
         raise Failure("prepare-cgroups must run as root (it creates cgroups owned by SERVICE_USER)")
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from loguru import logger
 from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
@@ -98,6 +97,8 @@ def requeue_stalled(connection: Redis, rq_connection: Redis, node: str, older_th
         if worker == "" and started and float(started) < cutoff
     ]
     if stalled:
+        from loguru import logger  # here: `conductor submit` places jobs and never needs the logger
+
         logger.warning("jobs {} were placed on {} but never claimed; queueing them again", stalled, node)
         enqueue(rq_connection, [(job_id, node) for job_id in stalled])
     return stalled

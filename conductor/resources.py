@@ -6,16 +6,18 @@ ledger cannot drift under concurrency; this module declares nodes and reads the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 
 from . import keys, scripts
-from .cgroups import Usage
 from .config import Settings
 from .jobs import timestamp
 from .nodestate import state
 from .records import fields_of
+
+if TYPE_CHECKING:  # the command line reads nodes without loading job containment
+    from .cgroups import Usage
 
 
 def node_up(connection: Redis, settings: Settings, containment: str = "none") -> None:

@@ -32,10 +32,20 @@ def key_names() -> dict[str, str]:
 
 
 @cache
+def _constants() -> str:
+    """The key names from :mod:`conductor.keys` as Lua locals."""
+    return "\n".join(f"local {name} = '{value}'" for name, value in sorted(key_names().items()))
+
+
+@cache
+def _prelude_file() -> str:
+    return (files("conductor") / "lua" / "prelude.lua").read_text()
+
+
+@cache
 def prelude() -> str:
     """The text every script starts with: the key names from :mod:`conductor.keys`, then ``lua/prelude.lua``."""
-    constants = "\n".join(f"local {name} = '{value}'" for name, value in sorted(key_names().items()))
-    return "\n".join([constants, (files("conductor") / "lua" / "prelude.lua").read_text()])
+    return "\n".join([_constants(), _prelude_file()])
 
 
 DEFINITION = re.compile(r"^(?:local\s+function\s+(\w+)|function\s+(\w+)|local\s+(\w+(?:\s*,\s*\w+)*)\b)")
@@ -66,19 +76,25 @@ def trimmed_prelude(body: str) -> str:
     created again each time (tens of microseconds of Redis CPU for all of them): a script carries
     only what it calls. The key-name constants are all kept (they cost next to nothing).
     """
-    constants, _, rest = prelude().partition((files("conductor") / "lua" / "prelude.lua").read_text())
-    chunks = _definitions((files("conductor") / "lua" / "prelude.lua").read_text())
+    chunks = _prelude_chunks()
     wanted = _used(body)
     chosen: set[int] = set()
     grew = True
     while grew:
         grew = False
-        for number, (names, text) in enumerate(chunks):
+        for number, (names, _, uses) in enumerate(chunks):
             if number not in chosen and (number == 0 or names & wanted):
                 chosen.add(number)
-                wanted |= _used(text)
+                wanted |= uses
                 grew = True
-    return "\n".join([constants.rstrip("\n"), *(text for number, (_, text) in enumerate(chunks) if number in chosen)])
+    return "\n".join([_constants(), *(text for number, (_, text, _) in enumerate(chunks) if number in chosen)])
+
+
+@cache
+def _prelude_chunks() -> list[tuple[set[str], str, set[str]]]:
+    """The prelude's definitions (see :func:`_definitions`), each with the names it uses: read
+    and scanned once per process, not once per script (a worker prepares every script at start)."""
+    return [(names, text, _used(text)) for names, text in _definitions(_prelude_file())]
 
 
 @cache

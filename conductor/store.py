@@ -14,6 +14,7 @@ called by hash; redis-py's Script loads them again on a ``NOSCRIPT`` reply from 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -47,6 +48,22 @@ def _retry(retries: int = 3) -> Retry:
     return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
 
 
+@cache
+def _driver() -> dict[str, object]:
+    """What each connection tells Redis about its client (CLIENT SETINFO), made once per process.
+
+    Left to itself, redis-py 8 reads its own version from the installed packages' metadata for
+    every new connection (about 5 ms each, several per worker start and per command). The same
+    default description, made once, is given to all of them; an older redis-py has no
+    ``driver_info`` and keeps its own way.
+    """
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:
+        return {}
+    return {"driver_info": DriverInfo()}
+
+
 def connect(target: str | Settings, *, decode: bool = True, socket_timeout: float | None = None,
             retries: int = 3) -> Redis:
     """A client for REDIS_URL, or for the primary the sentinels name, retrying transient errors.
@@ -65,6 +82,7 @@ def connect(target: str | Settings, *, decode: bool = True, socket_timeout: floa
         socket_keepalive=True,
         health_check_interval=30,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **_driver(),
     )
     sentinels = [] if isinstance(target, str) else target.sentinel_addresses
     if not sentinels:
