@@ -19,7 +19,6 @@ from typing import Any
 
 from loguru import logger
 from redis import Redis
-from rq.worker import SimpleWorker
 
 from . import cgroups, failover, keys, procs, scripts
 from .config import Settings
@@ -128,6 +127,8 @@ def claim(connection: Redis, rq_connection: Redis, settings: Settings, index: in
     # outside an outage's grace period, like any other.
     reap(connection, name, settings.node_name, force=not last or same_host(*last.split(" ")[:2]))
     kill_orphans(connection, settings.node_name)
+    from rq.worker import SimpleWorker  # here: `conductor workers` reads records without loading RQ
+
     rq_worker = SimpleWorker.find_by_key(
         SimpleWorker.redis_worker_namespace_prefix + keys.rq_worker_name(name), connection=rq_connection
     )

@@ -98,6 +98,12 @@ def test_the_reading_commands_do_not_load_rq(cluster: Path, command: list[str]):
     assert not unwanted & found, sorted(unwanted & found)
 
 
+def test_listing_workers_does_not_load_rq(cluster: Path):
+    printed, found = loaded_by_command("workers", "--config", str(cluster))
+    assert printed.startswith("NAME")
+    assert not {"rq", "conductor.placement", "jinja2", "fastapi"} & found
+
+
 def test_loading_pauses_the_collector_and_restores_it_even_on_an_error():
     assert gc.isenabled()
     with pytest.raises(ImportError):
