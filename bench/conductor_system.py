@@ -102,7 +102,7 @@ class ConductorSystem(System):
     def submit(self, script: Path) -> str:
         submission = JobSubmission(job=JobSpec(name=script.name), script=script_text(script))
         job_id = jobs.submit(self.connection, submission)
-        placement.place(self.connection, self.raw)
+        placement.place(self.connection, self.raw, needs=submission.job.cpus)
         return str(job_id)
 
     def submit_http(self, script: Path) -> None:

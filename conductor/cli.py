@@ -200,7 +200,7 @@ def submit(settings: Settings, script: Any, name: str | None, account: str, part
     connection, rq_connection = _connections(settings)
     job_id = partitions_module.submit(connection, submission, settings.allow_unknown_partitions,
                                       settings.max_array_size, settings.kill_invalid_depend)
-    placement.place(connection, rq_connection)
+    placement.place(connection, rq_connection, needs=submission.job.cpus)
     click.echo(job_id)
 
 

@@ -23,13 +23,21 @@ from .rqjobs import SERIALIZER, perform
 LIST_QUEUE_EVERY = 5.0  # seconds between a connection's additions of a queue to RQ's list of queues
 
 
-def place(connection: Redis, rq_connection: Redis, full: bool = False) -> list[tuple[int, str]]:
+def place(connection: Redis, rq_connection: Redis, full: bool = False, needs: int | None = None) -> list[tuple[int, str]]:
     """Allocate what fits now and queue it on the chosen nodes; returns (job id, node) pairs.
 
     A pass finds nodes through the index of nodes with a free slot, scored by free CPUs
     (:data:`keys.OPEN_NODES_BY_FREE_CPUS`), and checks each node it uses; ``full`` looks at every
     node and rebuilds that index (the heartbeat's safety pass).
+
+    ``needs``: the CPUs of a job just stored, by its submitter. When no node in the index has that
+    many free, the pass is skipped (one read instead of a script, the usual case behind a
+    backlog): every step that makes room files its node before it places, so room that appears
+    after this read is placed by whoever made it, and that placement sees the stored job.
     """
+    if needs is not None and not full:
+        if not connection.zrangebyscore(keys.OPEN_NODES_BY_FREE_CPUS, needs, "+inf", start=0, num=1):
+            return []
     if full:  # the heartbeat's pass: jobs whose after:ID+time delay has run out become placeable
         scripts.run(connection, "release_timers")
     reply = scripts.run(connection, "place", "full" if full else "")

@@ -22,7 +22,6 @@ from loguru import logger
 from redis import Redis
 from redis.client import Pipeline
 from rq.exceptions import StopRequested
-from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
 from rq.worker import SimpleWorker, WorkerStatus
@@ -70,6 +69,22 @@ class Context:
     rq_connection: Redis
     runner: Runner
     heartbeat: registry.Heartbeat
+
+
+class ConductorQueue(Queue):
+    """A node's RQ queue, popped with BLPOP: no copy of each job in RQ's intermediate queue.
+
+    RQ moves each job it dequeues to an intermediate list (BLMOVE) so that a worker dying before
+    the job starts does not lose it, and removes it from there again afterwards. conductor's
+    ledger already covers that: a job placed on a node but never claimed is queued again by
+    :func:`conductor.placement.requeue_stalled`, so the copy and its removal (one LREM per job)
+    would only repeat what Redis knows. Entries an older release left in an intermediate list are
+    still cleared by RQ's maintenance.
+    """
+
+    @classmethod
+    def lmove(cls, connection: Redis, queue_key: str, timeout: int | None):  # type: ignore[no-untyped-def]
+        return cls.lpop([queue_key], timeout, connection=connection)
 
 
 class ConductorRQWorker(SimpleWorker):
@@ -192,11 +207,10 @@ class ConductorRQWorker(SimpleWorker):
         self._forget(job, queue)
 
     def _forget(self, job: Job, queue: Queue) -> None:
-        """Take the done job off RQ's books in one round trip: its hash and its intermediate-queue
-        entry go, the worker's count goes up and it is idle again."""
+        """Take the done job off RQ's books in one round trip: its hash goes (it was never in an
+        intermediate queue: :class:`ConductorQueue`), the worker's count goes up and it is idle again."""
         try:
             with self.connection.pipeline(transaction=False) as pipe:
-                pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 1, job.id)
                 pipe.delete(job.key)
                 self.increment_successful_job_count(pipeline=pipe)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
@@ -416,6 +430,7 @@ def run(settings: Settings, index: int) -> int:
         connection=rq_connection,
         worker_ttl=max(int(settings.heartbeat_ttl), 15),
         serializer=rqjobs.SERIALIZER,
+        queue_class=ConductorQueue,
     )
     rq_worker.node_name = settings.node_name
     heartbeat = registry.Heartbeat(connection, settings, index, tick=rq_worker.tick, sweep=rq_worker.sweep)

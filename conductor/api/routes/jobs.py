@@ -56,7 +56,7 @@ def submit_job(submission: JobSubmission, ctx: Ctx) -> Submitted:
     _require_unicode(submission)
     job_id = partitions.submit(ctx.connection, submission, ctx.settings.allow_unknown_partitions,
                                ctx.settings.max_array_size, ctx.settings.kill_invalid_depend)
-    return Submitted(job_id=job_id, state=_place(ctx, job_id))
+    return Submitted(job_id=job_id, state=_place(ctx, job_id, submission.job.cpus))
 
 
 @router.api_route("/jobs/submit", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
@@ -65,10 +65,10 @@ def submit_other_methods() -> None:
     raise HTTPException(405, "only POST is allowed on /api/v1/jobs/submit", headers={"Allow": "POST"})
 
 
-def _place(ctx: Context, job_id: int) -> Literal["PENDING", "RUNNING"]:
+def _place(ctx: Context, job_id: int, cpus: int) -> Literal["PENDING", "RUNNING"]:
     """Try to start the job now; if Redis fails here the job is stored and the heartbeats place it."""
     try:
-        placement.place(ctx.connection, ctx.rq_connection)
+        placement.place(ctx.connection, ctx.rq_connection, needs=cpus)
         state = ctx.connection.hget(keys.job(job_id), "state")
     except UNREACHABLE as error:
         logger.warning("job {} is stored but placing it failed ({}); the workers' next tick places it",
