@@ -92,23 +92,25 @@ for _, name in ipairs(class_names) do
   end
 end
 
--- The oldest placeable job of a class, with its fields (read_job); entries that are no longer
--- PENDING (left by a script of an older release during a rolling upgrade) are dropped on the way.
+-- The oldest placeable job of a class, with its fields (read_job), and whether another entry
+-- follows it; entries that are no longer PENDING (left by a script of an older release during a
+-- rolling upgrade) are dropped on the way.
 local function head(class)
   while true do
-    local first = redis.call('ZRANGE', class.key, 0, 0)
+    local first = redis.call('ZRANGE', class.key, 0, 1)
     if #first == 0 then
       redis.call('SREM', PENDING_CLASSES, class.name)
       return nil
     end
     local j = read_job(first[1])
-    if j.state == 'PENDING' then return {id = tonumber(first[1]), j = j} end
+    if j.state == 'PENDING' then return {id = tonumber(first[1]), j = j, more = #first > 1} end
     redis.call('ZREM', class.key, first[1])
   end
 end
 
 local placed = {}
 local started = nil
+local may_add = false  -- whether a move of this pass may have added entries to a class
 while true do
   local pick = nil
   for _, class in ipairs(classes) do
@@ -128,6 +130,7 @@ while true do
   end
   if pick == nil then break end
   local id, j, cpus, memory, best = pick.first.id, pick.first.j, pick.cpus, pick.memory, pick.node
+  local more = pick.first.more
   pick.first = nil
   local popped = redis.call('ZPOPMIN', free_cpus_key(best.name), cpus)
   local ids = {}
@@ -137,13 +140,17 @@ while true do
   redis.call('SADD', running_key(best.name), id)
   -- Its class entry goes here (as pending_remove does), and the class with it once empty: after
   -- the move, which may have made another job of the class placeable (an array's next task, a
-  -- dependent).
+  -- dependent). While no move of this pass could add entries (no array task, no job with
+  -- dependents), what head saw tells whether the class is empty now, without a look.
   local removed = redis.call('ZREM', pick.key, id) == 1
+  may_add = may_add or (j.array_job_id ~= nil and j.array_job_id ~= '') or j.has_dependents ~= '0'
   j.class_removed = true
   started = started or now()
   move_state(id, 'PENDING', 'RUNNING', j, {'node', best.name, 'cpu_ids', table.concat(ids, ','),
     'started_at', started, 'worker', ''})
-  if removed and redis.call('EXISTS', pick.key) == 0 then
+  local empty
+  if may_add then empty = redis.call('EXISTS', pick.key) == 0 else empty = not more end
+  if removed and empty then
     redis.call('SREM', PENDING_CLASSES, pick.name)
     pick.done = true
   end
