@@ -399,6 +399,36 @@ def test_a_jobs_end_files_its_node_in_the_open_node_index_with_its_new_free_cpus
     ledger.assert_consistent()
 
 
+def test_a_submitters_pass_is_skipped_only_while_no_open_node_has_the_cpus_and_the_job_is_placed_later(ledger):
+    """place(needs=...) after a submission: no pass (no script) while no open node has the CPUs;
+    whoever frees them places the job, and with room the submitter's own pass places it."""
+    ledger.node("node-a", cpus=8, workers=1)
+    first = ledger.submit(cpus=2)
+    assert dict(placement.place(ledger.c, ledger.rq, needs=2)) == {first: "node-a"}
+    waiting = ledger.submit(cpus=2)
+    ledger.c.config_resetstat()
+    assert placement.place(ledger.c, ledger.rq, needs=2) == []
+    assert "cmdstat_evalsha" not in ledger.c.info("commandstats")  # one read, no placement pass
+    assert ledger.job(waiting)["state"] == "PENDING"
+    ledger.claim(first, "node-a-1")
+    assert ledger.finish(first, worker="node-a-1") == 1
+    assert ledger.place() == {waiting: "node-a"}  # the end made room: its worker's pass places it
+    ledger.assert_consistent()
+
+
+def test_a_class_emptied_by_a_pass_leaves_the_class_list_and_one_still_holding_jobs_stays(ledger):
+    ledger.node("node-a", cpus=8, workers=3)
+    a, b, c = ledger.submit(cpus=2), ledger.submit(cpus=2), ledger.submit(cpus=3)
+    assert ledger.place() == {a: "node-a", b: "node-a", c: "node-a"}
+    assert ledger.c.smembers(keys.PENDING_CLASSES) == set()
+    ledger.node("node-b", cpus=4, workers=1)
+    d, e = ledger.submit(cpus=2), ledger.submit(cpus=2)
+    assert ledger.place() == {d: "node-b"}
+    assert ledger.c.smembers(keys.PENDING_CLASSES) == {"2:0:default"}  # e still waits in it
+    assert ledger.job(e)["state"] == "PENDING"
+    ledger.assert_consistent()
+
+
 def test_a_node_drained_while_in_the_open_node_index_is_skipped_and_resumed_again(ledger):
     ledger.node("node-a", cpus=4, workers=2)
     ledger.node("node-b", cpus=8, workers=2)
