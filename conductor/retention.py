@@ -98,20 +98,34 @@ def remove_directories(connection: Redis, job_root: Path, empty: Callable[[Path]
 
     A job's directory is created by the worker that claimed it, while its record exists; a
     missing record therefore means an expired job, never one still to run.
+
+    Only ids up to retention's watermark (:data:`keys.EXPIRED_THROUGH`, the highest id it removed)
+    are asked about: a record above it has not been expired, so its directory stays without a
+    look. Asking about every directory on every pass cost Redis one command per retained job
+    per pass, over the whole of JOB_RETENTION; now a directory is asked about once it may be gone.
     """
     try:
         ids = sorted(int(entry.name) for entry in job_root.iterdir() if entry.name.isdigit() and entry.is_dir())
     except FileNotFoundError:
         return []
+    if not ids:
+        return []
     with connection.pipeline(transaction=False) as pipe:
         pipe.get(keys.NEXT_JOB_ID)
+        pipe.zscore(keys.EXPIRED_THROUGH, "id")
+        last, through = pipe.execute()
+    # An id above the counter belongs to another Redis (replaced, emptied): not ours to judge.
+    ids = [job_id for job_id in ids if job_id <= min(int(last or 0), int(through or 0))]
+    if not ids:
+        return []
+    with connection.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.exists(keys.job(job_id))
-        last, *present = pipe.execute()
+        present = pipe.execute()
     removed = []
     for job_id, exists in zip(ids, present):
-        if exists or job_id > int(last or 0):
-            continue  # an id above the counter belongs to another Redis (replaced, emptied): not ours to judge
+        if exists:
+            continue
         try:
             _remove(job_root / str(job_id), empty)
         except OSError as error:

@@ -288,6 +288,7 @@ def test_retention_removes_what_a_job_user_created_where_the_worker_may_not(redi
         directory.chmod(0o777)
         deep.chmod(0o500)
         redis_server.client().set(keys.NEXT_JOB_ID, 7)  # job 7 existed and its record has expired
+        redis_server.client().zadd(keys.EXPIRED_THROUGH, {"id": 7})  # as retention leaves it
         code = ("import sys; from pathlib import Path; from redis import Redis; from conductor import procs, retention, "
                 "runner; procs.signal_jobs_as(int(sys.argv[1]), int(sys.argv[2])); connection = Redis.from_url(sys.argv[3]); "
                 "print(retention.remove_directories(connection, Path(sys.argv[4]))); "

@@ -364,20 +364,26 @@ def test_history_filters(tmp_path: Path) -> None:
 
 
 def test_directory_cleanup_removes_only_expired_jobs(redis_server: RedisServer, tmp_path: Path) -> None:
-    """A node removes JOB_ROOT/<id> only when job <id> left Redis: a directory of a job still
-    recorded, or with an id above the job counter (a Redis that was replaced or emptied), stays."""
+    """A node removes JOB_ROOT/<id> only when job <id> left Redis through retention: a directory of
+    a job still recorded, above retention's watermark, or with an id above the job counter (a Redis
+    that was replaced or emptied), stays."""
     from conductor import retention
 
     client = redis_server.client()
-    client.set(keys.NEXT_JOB_ID, 3)
+    client.set(keys.NEXT_JOB_ID, 9)
     client.hset(keys.job(2), mapping={"id": 2, "state": "COMPLETED"})
     root = tmp_path / "jobs"
-    for job_id in (1, 2, 7):
+    for job_id in (1, 2, 5, 11):
         (root / str(job_id)).mkdir(parents=True)
         (root / str(job_id) / f"slurm-{job_id}.out").write_text("x")
     (root / "notes").mkdir()
+    assert retention.remove_directories(client, root) == []  # retention has removed nothing yet
+    client.zadd(keys.EXPIRED_THROUGH, {"id": 3})  # as retention leaves it after removing 1 and 3
+    client.config_resetstat()
     assert retention.remove_directories(client, root) == [1]
-    assert sorted(p.name for p in root.iterdir()) == ["2", "7", "notes"]
+    assert sorted(p.name for p in root.iterdir()) == ["11", "2", "5", "notes"]
+    # Only the directories up to the watermark were asked about (5 and 11 cost Redis nothing).
+    assert client.info("commandstats")["cmdstat_exists"]["calls"] == 2
 
 
 def test_records_stay_while_the_accounting_file_cannot_be_written(redis_server: RedisServer, tmp_path: Path) -> None:
