@@ -47,10 +47,7 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
     ended_total = sum(replies[1::2])
     oldest = sorted((int(i) for ids in replies[::2] for i in ids))[:BATCH]
     over = max(ended_total - settings.max_job_records, 0)
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in oldest:
-            pipe.hget(keys.job(job_id), "ended_at")
-        ends = pipe.execute()
+    ends = _ended_at(connection, oldest)
     due = [job_id for position, (job_id, ended) in enumerate(zip(oldest, ends))
            if position < over or (ended and float(ended) < cutoff)]
     if not due:
@@ -78,6 +75,30 @@ def expire(connection: Redis, settings: Settings) -> list[int]:
         return []
     logger.info("retention: removed {} ended job records (ids {}..{})", len(removed), removed[0], removed[-1])
     return removed
+
+
+def _ended_at(connection: Redis, ids: list[int]) -> list[str | None]:
+    """When each of ``ids`` (jobs in a final state) ended, read from Redis once per connection.
+
+    Every pass looks at the same oldest ended jobs until they are due (for JOB_RETENTION, 7 days
+    by default), and a final job's end never changes: reading all of them again on every pass
+    cost Redis up to BATCH commands per heartbeat interval. The connection remembers what it read
+    for the ids of the last pass only (at most BATCH). Should a rolled-back Redis run a job again,
+    its record may go by the first end, earlier than its second: never while it is unended, since
+    the removal itself checks the state.
+    """
+    known: dict[int, str] = connection.__dict__.get("_conductor_ended_at", {})
+    missing = [job_id for job_id in ids if job_id not in known]
+    if missing:
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id in missing:
+                pipe.hget(keys.job(job_id), "ended_at")
+            read = dict(zip(missing, pipe.execute()))
+    else:
+        read = {}
+    ends = [known.get(job_id) or read.get(job_id) for job_id in ids]
+    connection.__dict__["_conductor_ended_at"] = {job_id: end for job_id, end in zip(ids, ends) if end}
+    return ends
 
 
 def _remove(directory: Path, empty: Callable[[Path], None] | None) -> None:

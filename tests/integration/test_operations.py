@@ -386,6 +386,31 @@ def test_directory_cleanup_removes_only_expired_jobs(redis_server: RedisServer, 
     assert client.info("commandstats")["cmdstat_exists"]["calls"] == 2
 
 
+def test_retention_reads_when_a_kept_job_ended_once_not_on_every_pass(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The oldest ended jobs are looked at on every pass until they are due: their end is read
+    from Redis once, and a job that becomes due later still goes."""
+    import time
+
+    from conductor import retention
+
+    client = redis_server.client()
+    now = time.time()
+    for job_id, ended in ((1, now - 5), (2, now - 1000), (3, now - 5)):
+        client.hset(keys.job(job_id), mapping={"id": job_id, "state": "COMPLETED", "name": "j", "account": "a",
+                                               "partition": "p", "cpus": 1, "memory": 0, "submitted_at": "1.0",
+                                               "started_at": "2.0", "ended_at": f"{ended:.6f}", "exit_code": 0})
+        client.zadd(keys.JOBS, {job_id: job_id})
+        client.zadd(keys.state("COMPLETED"), {job_id: job_id})
+    keep = load_settings(None, accounting_file=tmp_path / "acct.jsonl", job_retention=3600)
+    client.config_resetstat()
+    assert retention.expire(client, keep) == []
+    assert retention.expire(client, keep) == []
+    assert client.info("commandstats")["cmdstat_hget"]["calls"] == 3  # once per job, not once per pass
+    shorter = load_settings(None, accounting_file=tmp_path / "acct.jsonl", job_retention=100)
+    assert retention.expire(client, shorter) == [2]
+    assert client.exists(keys.job(1)) and client.exists(keys.job(3)) and not client.exists(keys.job(2))
+
+
 def test_records_stay_while_the_accounting_file_cannot_be_written(redis_server: RedisServer, tmp_path: Path) -> None:
     """History must not lose what Redis forgets: if ACCOUNTING_FILE cannot be written, the expired
     records stay in Redis (and are removed, with their line written, once it can)."""
